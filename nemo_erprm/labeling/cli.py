@@ -1,0 +1,134 @@
+"""Command line of the labeling stage (``tools/label_rollouts.py``).
+
+    label_rollouts.py [run] --config conf/label_gsm8k.yaml [--shard i --num-shards n] [key=value ...]
+    label_rollouts.py merge --dir OUT_DIR [--out FILE]
+    label_rollouts.py relabel --input records.jsonl --eta 10 [--eta 5 ...] --out FILE
+    label_rollouts.py export --input records.jsonl --format text_value|trl --eta 2 --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from nemo_erprm.jsonl import RecordError, iter_jsonl, write_jsonl_atomic
+
+SUBCOMMANDS = ("run", "merge", "relabel", "export")
+
+
+def _parse_eta(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eta must be a number, inf or -inf, got {text!r}") from None
+
+
+def _read_records(path: str) -> list[dict]:
+    from nemo_erprm.labeling.records import validate_record
+
+    records = []
+    for line, r in iter_jsonl(path):
+        validate_record(r, path, line)
+        records.append(r)
+    return records
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    from nemo_erprm.labeling.config import dump_config, load_label_config
+    from nemo_erprm.labeling.runner import run_labeling
+
+    p = argparse.ArgumentParser(prog="label_rollouts.py run", description="Label rollouts with ER labels.")
+    p.add_argument("--config", help="YAML config (conf/label_*.yaml); schema defaults otherwise")
+    p.add_argument("--shard", type=int, default=int(os.environ.get("ERPRM_SHARD", 0)))
+    p.add_argument("--num-shards", type=int, default=int(os.environ.get("ERPRM_NUM_SHARDS", 1)))
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="OmegaConf overrides, e.g. sampling.n=16 input.limit=100")
+    args = p.parse_args(argv)
+    cfg = load_label_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    result = run_labeling(cfg, args.shard, args.num_shards, progress=not args.no_progress)
+    s = result.summary
+    print(
+        f"shard {args.shard}/{args.num_shards}: {result.problems_labeled} problems labeled now, "
+        f"{result.problems_done_before} found done; {s['records']} records, {s['steps']} steps "
+        f"(mean {s['mean_steps']:.2f}/record), outcome accuracy {s['outcome_accuracy']:.3f}, "
+        f"{result.completions} completions in {result.seconds:.1f}s"
+    )
+    for key, hist in s["label_histogram"].items():
+        print(f"  eta={key:>5} label histogram [0,.1)..[.9,1]: {hist}")
+    print(f"records: {result.records_path}")
+    return 0
+
+
+def cmd_merge(argv: Sequence[str]) -> int:
+    from nemo_erprm.labeling.runner import merge_shards
+
+    p = argparse.ArgumentParser(prog="label_rollouts.py merge", description="Merge shard outputs in input order.")
+    p.add_argument("--dir", required=True, help="output.dir of the labeling run")
+    p.add_argument("--out", help="merged file (default DIR/records.jsonl)")
+    args = p.parse_args(argv)
+    path, n = merge_shards(args.dir, args.out)
+    print(f"merged {n} records into {path}")
+    return 0
+
+
+def cmd_relabel(argv: Sequence[str]) -> int:
+    from nemo_erprm.labeling.er_label import labels_for_etas
+
+    p = argparse.ArgumentParser(
+        prog="label_rollouts.py relabel", description="Re-derive ER labels for other etas from stored rewards."
+    )
+    p.add_argument("--input", required=True)
+    p.add_argument("--eta", type=_parse_eta, action="append", required=True, help="repeatable")
+    p.add_argument("--replace", action="store_true", help="drop labels of other etas")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    records = _read_records(args.input)
+    for r in records:
+        new = labels_for_etas(r["step_rewards"], args.eta)
+        r["labels"] = new if args.replace else {**r["labels"], **new}
+    n = write_jsonl_atomic(args.out, records)
+    print(f"relabeled {n} records for eta {args.eta} -> {args.out}")
+    return 0
+
+
+def cmd_export(argv: Sequence[str]) -> int:
+    from nemo_erprm.labeling.formats import EXPORT_FORMATS, export_records
+
+    p = argparse.ArgumentParser(prog="label_rollouts.py export", description="Export records for PRM trainers.")
+    p.add_argument("--input", required=True)
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    p.add_argument("--eta", type=_parse_eta, default=2.0)
+    p.add_argument("--threshold", type=float, default=0.5, help="trl: label = ER label > threshold")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    records = _read_records(args.input)
+    n = write_jsonl_atomic(args.out, export_records(records, args.format, args.eta, args.threshold))
+    print(f"exported {n} records as {args.format} (eta={args.eta}) -> {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
+    handler = {"run": cmd_run, "merge": cmd_merge, "relabel": cmd_relabel, "export": cmd_export}[command]
+    try:
+        return handler(argv)
+    except (RecordError, FileNotFoundError, ValueError, RuntimeError) as e:
+        # Expected user errors: one clear line, no traceback (ERPRM_DEBUG=1 shows it).
+        if os.environ.get("ERPRM_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished problems are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""`LabelConfig`: the labeling stage's one config dataclass, loaded from YAML with OmegaConf."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+
+from nemo_erprm.labeling.backends.base import BackendConfig, PromptConfig, SamplingConfig
+from nemo_erprm.labeling.problems import InputConfig
+from nemo_erprm.labeling.segmentation import SegmentationConfig
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs/labels"
+    store_completions: bool = False
+
+
+@dataclass
+class LabelConfig:
+    """Everything a labeling run needs.
+
+    trajectories: ``reference`` labels the solutions given in the input; ``policy`` samples
+        ``sampling.num_trajectories`` solutions per problem from the policy first.
+    final_step_label: ``outcome`` labels the last step with the correctness of the whole
+        solution (paper); ``rollout`` samples completions for it like any other step.
+    etas: labels stored in every record (any others are re-derived later with ``relabel``).
+    """
+
+    input: InputConfig = field(default_factory=InputConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    trajectories: str = "reference"
+    final_step_label: str = "outcome"
+    etas: list[float] = field(default_factory=lambda: [0.0, 2.0, 10.0, math.inf])
+    seed: int = 1234
+
+    def validate(self) -> "LabelConfig":
+        if self.trajectories not in ("reference", "policy"):
+            raise ValueError(f"trajectories must be reference or policy, got {self.trajectories!r}")
+        if self.final_step_label not in ("outcome", "rollout"):
+            raise ValueError(f"final_step_label must be outcome or rollout, got {self.final_step_label!r}")
+        if not self.etas or any(math.isnan(e) for e in self.etas):
+            raise ValueError("etas must be a non-empty list of real numbers (or .inf / -.inf)")
+        offline_input = self.input.format == "offline"
+        if offline_input != (self.backend.name == "offline"):
+            raise ValueError("input.format=offline and backend.name=offline go together")
+        if self.trajectories == "policy" and self.backend.name == "offline":
+            raise ValueError("trajectories=policy needs a generating backend (hf or vllm)")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the records: a resumed run must match them exactly."""
+        cfg = OmegaConf.to_container(OmegaConf.structured(self), resolve=True)
+        assert isinstance(cfg, dict)
+        cfg.pop("output")
+        cfg["backend"] = {k: cfg["backend"][k] for k in ("name", "model", "dtype")}
+        return cfg
+
+
+def load_label_config(path: str | None = None, overrides: Sequence[str] = ()) -> LabelConfig:
+    """Schema defaults <- YAML file <- ``key=value`` overrides, type-checked by OmegaConf."""
+    schema = OmegaConf.structured(LabelConfig)
+    parts = [schema]
+    if path:
+        parts.append(OmegaConf.load(path))
+    if overrides:
+        parts.append(OmegaConf.from_dotlist(list(overrides)))
+    merged = OmegaConf.merge(*parts)
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, LabelConfig)
+    return cfg.validate()
+
+
+def dump_config(cfg: LabelConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,194 @@
+"""The labeling job: sharded, resumable, append-only.
+
+Layout of ``output.dir``::
+
+    run.yaml                                  # the config identity; a resume must match it
+    records.shard-00000-of-00002.jsonl        # one per shard, append-only, one line per record
+    summary.shard-00000-of-00002.json         # written when the shard finishes
+    records.jsonl                             # after `merge`: all shards in input order
+
+Every problem is written with one append + fsync once all its records exist, so a SIGKILL
+loses at most the problem in flight; a restart cuts a partial last line, skips finished
+problems and continues. Sampling is seeded per problem, so the records do not depend on
+sharding, restarts or order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from omegaconf import OmegaConf
+
+from nemo_erprm.jsonl import JsonlAppender, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
+from nemo_erprm.labeling.backends import GenerationBackend, build_backend
+from nemo_erprm.labeling.config import LabelConfig
+from nemo_erprm.labeling.er_label import eta_key
+from nemo_erprm.labeling.problems import load_problems
+from nemo_erprm.labeling.records import validate_record
+from nemo_erprm.labeling.rollouts import label_problem
+
+
+def shard_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
+    return Path(out_dir) / f"records.shard-{shard:05d}-of-{num_shards:05d}.jsonl"
+
+
+@dataclass
+class RunResult:
+    records_path: Path
+    problems_total: int
+    problems_done_before: int
+    problems_labeled: int
+    records_written: int
+    completions: int
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_run_identity(out_dir: Path, cfg: LabelConfig) -> None:
+    """Write run.yaml on the first run; refuse to mix records of different configs."""
+    identity = cfg.identity()
+    path = out_dir / "run.yaml"
+    if path.exists():
+        previous = yaml.safe_load(path.read_text())
+        if previous != json.loads(json.dumps(identity)):
+            raise RuntimeError(
+                f"{path}: the output folder holds records made with another config "
+                "(compare with this run's settings); choose a new output.dir or delete the folder"
+            )
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(identity)), sort_keys=True, allow_unicode=True))
+    os.replace(tmp, path)
+
+
+def _finished_problems(path: Path) -> set[str]:
+    """Problem ids already written to a shard file (after cutting a partial last line)."""
+    repair_partial_tail(path)
+    done: set[str] = set()
+    if path.exists():
+        for line, record in iter_jsonl(path):
+            validate_record(record, str(path), line)
+            done.add(record["problem_id"])
+    return done
+
+
+def summarize(records: list[dict[str, Any]], etas: list[float]) -> dict[str, Any]:
+    """Counts and a 10-bin label histogram per eta."""
+    steps = [len(r["steps"]) for r in records]
+    hist: dict[str, list[int]] = {}
+    for eta in etas:
+        key = eta_key(eta)
+        bins = Counter(min(int(v * 10), 9) for r in records for v in r["labels"].get(key, []))
+        hist[key] = [bins.get(b, 0) for b in range(10)]
+    return {
+        "records": len(records),
+        "problems": len({r["problem_id"] for r in records}),
+        "steps": sum(steps),
+        "mean_steps": (sum(steps) / len(steps)) if steps else 0.0,
+        "outcome_accuracy": (sum(r["outcome"] for r in records) / len(records)) if records else 0.0,
+        "label_histogram": hist,
+    }
+
+
+def run_labeling(
+    cfg: LabelConfig,
+    shard: int = 0,
+    num_shards: int = 1,
+    backend: GenerationBackend | None = None,
+    progress: bool = True,
+    on_problem_done: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Label every pending problem of this shard and return what was done.
+
+    ``backend`` may be passed in (tests, the demo) to reuse a loaded model.
+    """
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in [0, {num_shards}), got {shard}")
+    start = time.time()
+    problems = load_problems(cfg.input, cfg.segmentation.step_tag)  # validate before generating
+    mine = [(i, p) for i, p in enumerate(problems) if i % num_shards == shard]
+    out_dir = Path(cfg.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_identity(out_dir, cfg)
+    path = shard_path(out_dir, shard, num_shards)
+    done = _finished_problems(path)
+    pending = [(i, p) for i, p in mine if p.id not in done]
+
+    if pending and backend is None:
+        backend = build_backend(cfg.backend, cfg.sampling, cfg.prompt)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(mine),
+        initial=len(mine) - len(pending),
+        desc=f"label shard {shard}/{num_shards}",
+        unit="problem",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    written = completions = 0
+    gen_start = time.time()  # throughput excludes model loading
+    with JsonlAppender(path) as out:
+        for index, problem in pending:
+            records, stats = label_problem(problem, index, cfg, backend)
+            for r in records:
+                validate_record(r, str(path), 0)
+            out.append(records)
+            written += len(records)
+            completions += stats.completions
+            elapsed = max(time.time() - gen_start, 1e-9)
+            bar.set_postfix(completions_per_s=f"{completions / elapsed:.1f}", records=written)
+            bar.update(1)
+            if on_problem_done:
+                on_problem_done(problem.id)
+    bar.close()
+
+    all_records = [r for _, r in iter_jsonl(path)]
+    summary = summarize(all_records, cfg.etas)
+    summary.update(shard=shard, num_shards=num_shards, completions_this_run=completions)
+    (out_dir / f"summary.shard-{shard:05d}-of-{num_shards:05d}.json").write_text(json.dumps(summary, indent=2))
+    return RunResult(path, len(mine), len(mine) - len(pending), len(pending), written, completions,
+                     time.time() - start, summary)
+
+
+def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple[Path, int]:
+    """Merge all complete shard files of ``out_dir`` into ``records.jsonl`` in input order.
+
+    Refuses when shards of different counts are mixed or a shard is missing.
+    """
+    out_dir = Path(out_dir)
+    files = sorted(out_dir.glob("records.shard-*-of-*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{out_dir}: no records.shard-*.jsonl files to merge")
+    counts = {f.name.rsplit("-of-", 1)[1].split(".")[0] for f in files}
+    if len(counts) != 1:
+        raise RuntimeError(f"{out_dir}: shard files of different shard counts {sorted(counts)}")
+    expected = int(counts.pop())
+    if len(files) != expected:
+        raise RuntimeError(f"{out_dir}: {len(files)} of {expected} shard files present")
+    records = []
+    for f in files:
+        repair_partial_tail(f)
+        for line, r in iter_jsonl(f):
+            validate_record(r, str(f), line)
+            records.append(r)
+    ids = Counter(r["id"] for r in records)
+    dup = [k for k, v in ids.items() if v > 1]
+    if dup:
+        raise RecordError(out_dir, 0, f"duplicate record ids across shards, e.g. {dup[:3]}")
+    records.sort(key=lambda r: (r["meta"].get("problem_index", 0), int(r["id"].rsplit("/", 1)[1])))
+    target = Path(output) if output else out_dir / "records.jsonl"
+    n = write_jsonl_atomic(target, records)
+    return target, n
+
+
+def config_yaml(cfg: LabelConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
