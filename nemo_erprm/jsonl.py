@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from nemo_erprm.errors import ERPRMError
 
-class RecordError(ValueError):
+
+class RecordError(ERPRMError, ValueError):
     """A record at a stage boundary is malformed; the message names file and line."""
 
     def __init__(self, path: str | os.PathLike, line: int, message: str):

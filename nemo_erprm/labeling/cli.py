@@ -13,7 +13,10 @@ import os
 import sys
 from typing import Sequence
 
-from nemo_erprm.jsonl import RecordError, iter_jsonl, write_jsonl_atomic
+from omegaconf.errors import OmegaConfBaseException
+
+from nemo_erprm.errors import ERPRMError
+from nemo_erprm.jsonl import iter_jsonl, write_jsonl_atomic
 
 SUBCOMMANDS = ("run", "merge", "relabel", "export")
 
@@ -119,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"run": cmd_run, "merge": cmd_merge, "relabel": cmd_relabel, "export": cmd_export}[command]
     try:
         return handler(argv)
-    except (RecordError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ERPRMError, FileNotFoundError, OmegaConfBaseException) as e:
         # Expected user errors: one clear line, no traceback (ERPRM_DEBUG=1 shows it).
         if os.environ.get("ERPRM_DEBUG"):
             raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nemo_erprm.errors import ConfigError
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -43,16 +45,16 @@ class LabelConfig:
 
     def validate(self) -> "LabelConfig":
         if self.trajectories not in ("reference", "policy"):
-            raise ValueError(f"trajectories must be reference or policy, got {self.trajectories!r}")
+            raise ConfigError(f"trajectories must be reference or policy, got {self.trajectories!r}")
         if self.final_step_label not in ("outcome", "rollout"):
-            raise ValueError(f"final_step_label must be outcome or rollout, got {self.final_step_label!r}")
+            raise ConfigError(f"final_step_label must be outcome or rollout, got {self.final_step_label!r}")
         if not self.etas or any(math.isnan(e) for e in self.etas):
-            raise ValueError("etas must be a non-empty list of real numbers (or .inf / -.inf)")
+            raise ConfigError("etas must be a non-empty list of real numbers (or .inf / -.inf)")
         offline_input = self.input.format == "offline"
         if offline_input != (self.backend.name == "offline"):
-            raise ValueError("input.format=offline and backend.name=offline go together")
+            raise ConfigError("input.format=offline and backend.name=offline go together")
         if self.trajectories == "policy" and self.backend.name == "offline":
-            raise ValueError("trajectories=policy needs a generating backend (hf or vllm)")
+            raise ConfigError("trajectories=policy needs a generating backend (hf or vllm)")
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -18,9 +18,22 @@ from typing import Any, Sequence
 import numpy as np
 
 
+# Below this |eta| the direct formula loses digits to cancellation ((lse - ln N) / eta);
+# the cumulant series mean + eta·k2/2 + eta²·k3/6 is exact to O(eta³) there.
+_SMALL_ETA = 1e-3
+
+
+def _cumulant_series(mean: Any, k2: Any, k3: Any, eta: float) -> Any:
+    return mean + eta * k2 / 2 + eta * eta * k3 / 6
+
+
 def _label_numpy(r: np.ndarray, eta: float) -> np.ndarray:
     if eta == 0:
         return r.mean(axis=-1)
+    if abs(eta) < _SMALL_ETA:
+        mean = r.mean(axis=-1)
+        d = r - mean[..., None]
+        return _cumulant_series(mean, (d**2).mean(axis=-1), (d**3).mean(axis=-1), eta)
     if math.isinf(eta):
         return r.max(axis=-1) if eta > 0 else r.min(axis=-1)
     x = eta * r
@@ -34,6 +47,10 @@ def _label_torch(r: Any, eta: float) -> Any:
 
     if eta == 0:
         return r.mean(dim=-1)
+    if abs(eta) < _SMALL_ETA:
+        mean = r.mean(dim=-1)
+        d = r - mean.unsqueeze(-1)
+        return _cumulant_series(mean, (d**2).mean(dim=-1), (d**3).mean(dim=-1), eta)
     if math.isinf(eta):
         return r.amax(dim=-1) if eta > 0 else r.amin(dim=-1)
     return (torch.logsumexp(eta * r, dim=-1) - math.log(r.shape[-1])) / eta
@@ -79,6 +96,8 @@ def er_label_from_counts(n_correct: int, n_total: int, eta: float) -> float:
         return 0.0
     if n_correct == n_total:
         return 1.0
+    if abs(eta) < _SMALL_ETA:
+        return float(_cumulant_series(p, p * (1 - p), p * (1 - p) * (1 - 2 * p), eta))
     # ln((1-p) + p·e^η) / η = ln(exp(ln(1-p)) + exp(ln p + η)) / η
     return float(np.logaddexp(math.log1p(-p), math.log(p) + eta) / eta)
 

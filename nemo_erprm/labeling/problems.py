@@ -17,6 +17,8 @@ Problem ids come from ``id_field`` when set, else ``<file stem>-<line index>``.
 
 from __future__ import annotations
 
+from nemo_erprm.errors import ConfigError
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +46,7 @@ class InputConfig:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"input.format must be one of {FORMATS}, got {self.format!r}")
+            raise ConfigError(f"input.format must be one of {FORMATS}, got {self.format!r}")
 
 
 @dataclass

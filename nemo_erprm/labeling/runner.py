@@ -26,6 +26,7 @@ from typing import Any, Callable
 import yaml
 from omegaconf import OmegaConf
 
+from nemo_erprm.errors import ConfigError, RunStateError
 from nemo_erprm.jsonl import JsonlAppender, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
 from nemo_erprm.labeling.backends import GenerationBackend, build_backend
 from nemo_erprm.labeling.config import LabelConfig
@@ -58,7 +59,7 @@ def _check_run_identity(out_dir: Path, cfg: LabelConfig) -> None:
     if path.exists():
         previous = yaml.safe_load(path.read_text())
         if previous != json.loads(json.dumps(identity)):
-            raise RuntimeError(
+            raise RunStateError(
                 f"{path}: the output folder holds records made with another config "
                 "(compare with this run's settings); choose a new output.dir or delete the folder"
             )
@@ -110,7 +111,7 @@ def run_labeling(
     ``backend`` may be passed in (tests, the demo) to reuse a loaded model.
     """
     if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, {num_shards}), got {shard}")
+        raise ConfigError(f"--shard must be in [0, {num_shards}), got {shard}")
     start = time.time()
     problems = load_problems(cfg.input, cfg.segmentation.step_tag)  # validate before generating
     mine = [(i, p) for i, p in enumerate(problems) if i % num_shards == shard]
@@ -170,10 +171,10 @@ def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple
         raise FileNotFoundError(f"{out_dir}: no records.shard-*.jsonl files to merge")
     counts = {f.name.rsplit("-of-", 1)[1].split(".")[0] for f in files}
     if len(counts) != 1:
-        raise RuntimeError(f"{out_dir}: shard files of different shard counts {sorted(counts)}")
+        raise RunStateError(f"{out_dir}: shard files of different shard counts {sorted(counts)}")
     expected = int(counts.pop())
     if len(files) != expected:
-        raise RuntimeError(f"{out_dir}: {len(files)} of {expected} shard files present")
+        raise RunStateError(f"{out_dir}: {len(files)} of {expected} shard files present")
     records = []
     for f in files:
         repair_partial_tail(f)

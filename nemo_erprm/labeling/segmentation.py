@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from nemo_erprm.errors import ConfigError, ERPRMError
+
 DEFAULT_STEP_TAG = "ки"
 
 _RULES = ("newline", "blank_line", "sentence")
@@ -22,7 +24,7 @@ _SENTENCE_END = re.compile(r"[.!?]+\s+|\n+")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "vs", "st", "e.g", "i.e", "etc", "approx", "no"}
 
 
-class StepTagError(ValueError):
+class StepTagError(ERPRMError, ValueError):
     """Raised when a step text already contains the step tag."""
 
 
@@ -42,11 +44,11 @@ class SegmentationConfig:
 
     def __post_init__(self) -> None:
         if self.rule not in _RULES:
-            raise ValueError(f"segmentation.rule must be one of {_RULES}, got {self.rule!r}")
+            raise ConfigError(f"segmentation.rule must be one of {_RULES}, got {self.rule!r}")
         if self.min_chars < 0:
-            raise ValueError(f"segmentation.min_chars must be >= 0, got {self.min_chars}")
+            raise ConfigError(f"segmentation.min_chars must be >= 0, got {self.min_chars}")
         if not self.step_tag or not self.step_tag.strip():
-            raise ValueError("segmentation.step_tag must be a non-blank string")
+            raise ConfigError("segmentation.step_tag must be a non-blank string")
 
 
 def _split_points(text: str, rule: str) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from nemo_erprm.errors import ConfigError
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +22,11 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.num_trajectories < 1:
-            raise ValueError("sampling.n and sampling.num_trajectories must be >= 1")
+            raise ConfigError("sampling.n and sampling.num_trajectories must be >= 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
+            raise ConfigError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
         if self.max_new_tokens < 1:
-            raise ValueError("sampling.max_new_tokens must be >= 1")
+            raise ConfigError("sampling.max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -46,9 +48,9 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         if self.chat_template not in ("auto", "always", "never"):
-            raise ValueError("prompt.chat_template must be auto, always or never")
+            raise ConfigError("prompt.chat_template must be auto, always or never")
         if "{question}" not in self.template:
-            raise ValueError("prompt.template must contain '{question}'")
+            raise ConfigError("prompt.template must contain '{question}'")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class BackendConfig:
 
     def __post_init__(self) -> None:
         if self.name not in ("hf", "vllm", "offline"):
-            raise ValueError(f"backend.name must be hf, vllm or offline, got {self.name!r}")
+            raise ConfigError(f"backend.name must be hf, vllm or offline, got {self.name!r}")
 
 
 def format_prompt(tokenizer: Any, question: str, cfg: PromptConfig) -> str:
@@ -77,7 +79,7 @@ def format_prompt(tokenizer: Any, question: str, cfg: PromptConfig) -> str:
     use_chat = cfg.chat_template == "always" or (cfg.chat_template == "auto" and has_template)
     if use_chat:
         if not has_template:
-            raise ValueError("prompt.chat_template=always but the tokenizer has no chat template")
+            raise ConfigError("prompt.chat_template=always but the tokenizer has no chat template")
         messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [
             {"role": "user", "content": user}
         ]

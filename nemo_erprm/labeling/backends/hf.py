@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nemo_erprm.errors import ConfigError
 from nemo_erprm.embedded import resolve_model_path
 from nemo_erprm.labeling.backends.base import (
     BackendConfig,
@@ -30,7 +31,7 @@ def _pick_device_dtype(cfg: BackendConfig) -> tuple[Any, Any]:
     elif cfg.dtype in dtypes:
         dtype = dtypes[cfg.dtype]
     else:
-        raise ValueError(f"backend.dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+        raise ConfigError(f"backend.dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     return torch.device(device), dtype
 
 
@@ -90,7 +91,7 @@ class HFBackend(GenerationBackend):
         # Prompts rendered by a chat template already carry their special tokens.
         add_special = getattr(self.tokenizer, "chat_template", None) is None
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+        enc = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
         s = self.sampling
         kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens}
         if s.temperature > 0:

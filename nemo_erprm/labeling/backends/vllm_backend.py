@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nemo_erprm.errors import ConfigError
 from nemo_erprm.embedded import resolve_model_path
 from nemo_erprm.labeling.backends.base import (
     BackendConfig,
@@ -23,7 +24,7 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
-        raise RuntimeError(
+        raise ConfigError(
             "backend.name=vllm needs vLLM on a GPU machine (pip install 'nemo-erprm[gpu]' or use the "
             f"Docker image); on CPU use backend.name=hf. Import failed: {e}"
         ) from None
