@@ -9,6 +9,7 @@ import re
 _HASH_ANSWER = re.compile(r"####\s*(.+?)\s*(?:$|\n)")
 _THE_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is\s*:?\s*(.+?)\s*(?:$|\n)")
 _A_COLON = re.compile(r"(?:^|\n)\s*A\s*:\s*(.+?)\s*(?:$|\n)")
+_MARKERS = (("nswer is", _THE_ANSWER_IS), ("A", _A_COLON))
 
 
 def last_boxed(text: str) -> str | None:
@@ -58,7 +59,15 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None and boxed != "":
         return boxed
-    for pattern in (_HASH_ANSWER, _THE_ANSWER_IS, _A_COLON):
+    hashes = text.rfind("####")
+    if hashes >= 0:  # GSM8K style; the last "####" wins
+        match = _HASH_ANSWER.match(text, hashes)
+        if match:
+            answer = _clean_tail(match.group(1))
+            return answer if answer else None
+    for marker, pattern in _MARKERS:
+        if marker not in text:  # cheap test before scanning with the regex
+            continue
         matches = pattern.findall(text)
         if matches:
             answer = _clean_tail(matches[-1])

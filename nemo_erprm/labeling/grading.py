@@ -35,6 +35,8 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _SLASH_FRACTION = re.compile(r"^([+-]?\d+)\s*/\s*([+-]?\d+)$")
 _LATEX_FRACTION = re.compile(r"^([+-]?)\\[dt]?frac\{?([+-]?\d+)\}?\{?([+-]?\d+)\}?$")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
+# "$1,234.50." / "-7" / "12.0": the common GSM8K shape, normalised without the general rules.
+_PLAIN_NUMBER = re.compile(r"^\s*\\?\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*\.?\s*$")
 
 
 def normalize_answer(answer: str) -> str:
@@ -64,6 +66,8 @@ def parse_number(answer: str) -> Fraction | None:
     """Exact value of a plain number (``12``, ``-0.5``, ``3/4``, ``\\frac{3}{4}``), else None."""
     s = answer.replace(" ", "")
     try:
+        if s.isdigit() or (s[:1] == "-" and s[1:].isdigit()):
+            return Fraction(int(s))  # int() first: far cheaper than parsing the string
         if _NUMBER.match(s):
             return Fraction(s)
         m = _SLASH_FRACTION.match(s)
@@ -124,11 +128,16 @@ def answers_equivalent(pred: str, gold: str) -> bool:
         return False
 
 
+@lru_cache(maxsize=CACHE_SIZE)
+def _normalize_cached(answer: str) -> str:
+    return normalize_answer(answer)
+
+
 def grade_answer(pred: str | None, gold: str) -> bool:
     """Compare an already extracted answer with the bare gold answer."""
     if pred is None:  # "no answer" is wrong; the answer "0" is a real answer (reference bug)
         return False
-    p, g = normalize_answer(pred), normalize_answer(gold)
+    p, g = _normalize_cached(pred), _normalize_cached(gold)
     if not p or not g:
         return False
     return answers_equivalent(p, g)
@@ -146,3 +155,4 @@ def clear_cache() -> None:
     """Forget cached verdicts and parses (used by benchmarks)."""
     answers_equivalent.cache_clear()
     _math_verify_parse.cache_clear()
+    _normalize_cached.cache_clear()
