@@ -1,0 +1,90 @@
+"""Rows of one or more samples -> the batch tensors of the ER-PRM forward and loss.
+
+A row holds one sample, or several with ``packing``: samples are placed back to back,
+positions restart at 0 for each, and the attention mask is block-diagonal causal, so a
+packed sample computes exactly what it computes alone. Rows are padded to ``seq_length``
+(pipeline parallelism needs one activation shape for every microbatch).
+
+Batch keys:
+- ``tokens`` [b, s] int64, ``position_ids`` [b, s] int64
+- ``attention_mask`` [b, 1, s, s] bool, True = masked (megatron's convention)
+- ``step_mask`` [b, s] bool: the step-tag positions; ``step_targets`` [b, s] float32 ER labels
+- ``step_sample`` [b, s] int64: index of the sample each tag belongs to (-1 elsewhere)
+- ``cu_seqlens`` [b, n+1] int32 / ``max_seqlen``: sample boundaries for THD attention (TE)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def pack_rows(lengths: Sequence[int], seq_length: int, packing: bool) -> list[list[int]]:
+    """Group sample indices into rows. Without packing one sample per row; with packing,
+    samples fill rows in order (next-fit), so the grouping is deterministic."""
+    if not packing:
+        return [[i] for i in range(len(lengths))]
+    rows: list[list[int]] = []
+    used = seq_length + 1
+    for i, n in enumerate(lengths):
+        if n > seq_length:
+            raise ValueError(f"sample {i} has {n} tokens > seq_length {seq_length} (tokenize with truncation first)")
+        if used + n > seq_length:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def collate_rows(
+    rows: Sequence[Sequence[dict[str, Any]]], seq_length: int, pad_id: int, sample_offset: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """``rows``: per row, the samples (``input_ids``, ``tag_positions``, ``targets``, optional
+    ``sample_index``) -> batch dict (see module doc)."""
+    b = len(rows)
+    tokens = torch.full((b, seq_length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, seq_length), dtype=torch.long)
+    allowed = torch.zeros((b, seq_length, seq_length), dtype=torch.bool)
+    step_mask = torch.zeros((b, seq_length), dtype=torch.bool)
+    step_targets = torch.zeros((b, seq_length), dtype=torch.float32)
+    step_sample = torch.full((b, seq_length), -1, dtype=torch.long)
+    max_segments = max(len(r) for r in rows) + 2  # + padding segment, + one -1 sentinel
+    cu_seqlens = torch.full((b, max_segments + 1), -1, dtype=torch.int32)
+    causal = torch.ones((seq_length, seq_length), dtype=torch.bool).tril()
+    for r, row in enumerate(rows):
+        at = 0
+        cu = [0]
+        for sample in row:
+            ids = sample["input_ids"]
+            n = len(ids)
+            if at + n > seq_length:
+                raise ValueError(f"row {r} overflows seq_length {seq_length}")
+            tokens[r, at : at + n] = torch.as_tensor(ids, dtype=torch.long)
+            position_ids[r, at : at + n] = torch.arange(n)
+            allowed[r, at : at + n, at : at + n] = causal[:n, :n]
+            pos = torch.as_tensor(sample["tag_positions"], dtype=torch.long) + at
+            step_mask[r, pos] = True
+            step_targets[r, pos] = torch.as_tensor(sample["targets"], dtype=torch.float32)
+            step_sample[r, pos] = int(sample.get("sample_index", -1))
+            at += n
+            cu.append(at)
+        if at < seq_length:
+            # padding: each pad token attends to itself only (no NaN rows, no effect on samples)
+            idx = torch.arange(at, seq_length)
+            allowed[r, idx, idx] = True
+            position_ids[r, at:] = torch.arange(seq_length - at)
+            cu.append(seq_length)
+        cu_seqlens[r, : len(cu)] = torch.as_tensor(cu, dtype=torch.int32)
+    return {
+        "tokens": tokens,
+        "position_ids": position_ids,
+        "attention_mask": (~allowed).unsqueeze(1),
+        "step_mask": step_mask,
+        "step_targets": step_targets,
+        "step_sample": step_sample,
+        "cu_seqlens": cu_seqlens,
+        "cu_seqlens_argmin": torch.argmin(cu_seqlens, dim=1, keepdim=True),
+        "max_seqlen": torch.tensor([[seq_length]], dtype=torch.int32).expand(b, 1).contiguous(),
+    }

@@ -1,0 +1,1 @@
+"""Runtime helpers: the explicit CPU backend and parallel-state initialisation."""
