@@ -29,7 +29,8 @@ def build_tokenizer(vocab_size: int = 512, n_texts: int = 400):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    # "ки" (the default step tag) is a special token here, so it is always one token.
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "ки"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )

@@ -1,0 +1,41 @@
+"""`ERLossReduction`: NeMo's loss-reduction hook for the ER-PRM loss.
+
+Per microbatch it returns ``(loss_sum, num_steps, {"stats": ...})``: with the model config's
+``calculate_per_token_loss=True`` megatron divides the gradients by the number of labeled
+steps of the whole global batch (summed over microbatches and data-parallel ranks), which
+makes the loss the mean over all labeled steps of the global batch, independent of
+TP/PP/DP and of the microbatch split (see :mod:`nemo_erprm.model.loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from megatron.core import parallel_state
+from nemo.lightning.megatron_parallel import MegatronLossReduction
+
+from nemo_erprm.model.loss import STATS_SIZE, metrics_from_stats, step_stats
+
+
+class ERLossReduction(MegatronLossReduction):
+    def __init__(self, head: str, validation_step: bool = False):
+        super().__init__()
+        self.head = head
+        self.validation_step = validation_step
+        self.last_metrics: dict[str, float] = {}
+
+    def forward(self, batch: dict[str, Any], forward_out: torch.Tensor):
+        targets = batch["step_targets"][batch["step_mask"]]
+        losses, stats = step_stats(forward_out, targets, self.head)
+        num_steps = stats[1].clone().to(torch.int)
+        return losses.sum(), num_steps, {"stats": stats}
+
+    def reduce(self, losses_reduced_per_micro_batch: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        device = torch.cuda.current_device()
+        stats = torch.zeros(STATS_SIZE, dtype=torch.float64, device=device)
+        for out in losses_reduced_per_micro_batch:
+            stats += out["stats"].to(device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(stats, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        self.last_metrics = metrics_from_stats(stats.cpu())
+        return torch.tensor(self.last_metrics["loss"], dtype=torch.float32, device=device)
