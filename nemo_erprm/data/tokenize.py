@@ -35,11 +35,17 @@ def single_token_id(tokenizer: Any, text: str) -> int | None:
 
 
 def suggest_step_tags(tokenizer: Any, candidates: Sequence[str] = CANDIDATE_TAGS) -> list[str]:
-    """Candidate tags that tokenize to one token after a space in this tokenizer."""
+    """Candidate tags that pass the single-token check in PRM-like text for this tokenizer."""
     out = []
     for tag in candidates:
-        if tag.strip() and len(tokenizer(" " + tag, add_special_tokens=False)["input_ids"]) == 1:
-            out.append(tag)
+        if not tag.strip():
+            continue
+        probe = f"Question 12? Step one is 3 + 4 = 7. {tag}\nThe answer is 7. {tag}"
+        try:
+            StepTokenizer(tokenizer, tag, 1 << 20, suggest=False)(probe, [0.0, 0.0])
+        except (StepTagTokenError, ValueError):
+            continue
+        out.append(tag)
     return out
 
 
@@ -61,14 +67,15 @@ class TokenizedExample:
 class StepTokenizer:
     """Turns ``{"text", "values"}`` into token ids with validated single-token tags."""
 
-    def __init__(self, tokenizer: Any, step_tag: str, seq_length: int):
+    def __init__(self, tokenizer: Any, step_tag: str, seq_length: int, suggest: bool = True):
+        self.suggest = suggest
         if not getattr(tokenizer, "is_fast", False):
             raise StepTagTokenError("a fast (Rust) Hugging Face tokenizer is needed: tag checks use character offsets")
         self.tokenizer, self.step_tag, self.seq_length = tokenizer, step_tag, seq_length
         self.tag_id: int | None = None
 
     def _fail(self, detail: str) -> None:
-        candidates = suggest_step_tags(self.tokenizer)
+        candidates = suggest_step_tags(self.tokenizer) if self.suggest else []
         raise StepTagTokenError(
             f"the step tag {self.step_tag!r} is not a single token for this tokenizer ({detail}). Fix: use a tag "
             f"that is one token here (candidates: {candidates or 'none found'}), or add it as a special "
