@@ -138,7 +138,7 @@ def run_ours(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from nemo_erprm.runtime.cpu_backend import disable_te_only_fusions, enable_cpu_backend
+    from nemo_erprm.runtime.cpu_backend import adapt_config_for_cpu, enable_cpu_backend
 
     enable_cpu_backend()
     torch.set_num_threads(args.threads)
@@ -151,7 +151,7 @@ def run_ours(args) -> dict:
 
     init_distributed(1, 1)
     samples, plus, minus = load_samples(args.samples, args.seq_length, Path(args.data))
-    cfg = disable_te_only_fusions(TransformerConfig(
+    cfg = adapt_config_for_cpu(TransformerConfig(
         num_layers=SHAPE["layers"], hidden_size=SHAPE["hidden"], num_attention_heads=SHAPE["heads"],
         num_query_groups=SHAPE["kv_heads"], ffn_hidden_size=SHAPE["ffn"], normalization="RMSNorm",
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0,

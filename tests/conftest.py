@@ -38,7 +38,7 @@ def tiny_transformer_config(**over):
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from nemo_erprm.runtime.cpu_backend import disable_te_only_fusions
+    from nemo_erprm.runtime.cpu_backend import adapt_config_for_cpu
 
     kw = dict(
         num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=128,
@@ -47,4 +47,4 @@ def tiny_transformer_config(**over):
         layernorm_epsilon=1e-5, calculate_per_token_loss=True,
     )
     kw.update(over)
-    return disable_te_only_fusions(TransformerConfig(**kw))
+    return adapt_config_for_cpu(TransformerConfig(**kw))

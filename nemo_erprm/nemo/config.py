@@ -48,6 +48,10 @@ class ERPRMConfigMixin:
                 if hasattr(self, name):
                     setattr(self, name, False)
             self.sequence_parallel = False
+        from nemo_erprm.runtime.cpu_backend import cpu_backend_enabled
+
+        if cpu_backend_enabled():
+            self.batch_p2p_comm = False  # gloo + interleaved PP needs unbatched p2p (see cpu_backend)
         super().__post_init__()
 
     def validate_prm(self) -> None:

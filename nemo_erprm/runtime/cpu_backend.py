@@ -13,8 +13,8 @@ Patched (see ../shared/docs/ENVIRONMENT.md for the measurements behind each):
     ``Tensor.type()`` reports ``torch.cuda.*`` names (megatron asserts on them).
  4. ``torch.cuda.synchronize`` / ``empty_cache`` -> no-ops.
  5. ``torch.cuda.current_stream/Stream/Event/stream`` -> inert stand-ins.
- 6. NeMo: megatron's RNG tracker is seeded on CPU too; the resume-time CUDA check is a no-op;
-    TE-only fusions default off (:func:`disable_te_only_fusions`).
+ 6. NeMo: megatron's RNG tracker is seeded on CPU too; the resume-time CUDA check is a no-op.
+ 7. Configs (:func:`adapt_config_for_cpu`): TE-only fusions off, unbatched pipeline p2p.
 """
 
 from __future__ import annotations
@@ -226,8 +226,11 @@ def enable_cpu_backend() -> None:
     _ENABLED = True
 
 
-def disable_te_only_fusions(config: Any) -> Any:
-    """(c) Turn off the fusions that need Transformer Engine / apex / CUDA kernels."""
+def adapt_config_for_cpu(config: Any) -> Any:
+    """(c) A megatron config for the CPU backend: no fusions needing Transformer Engine / apex /
+    CUDA kernels, no sequence parallelism, local attention, and unbatched pipeline p2p
+    (measured: batched isend/irecv over gloo mixes up activations in the interleaved
+    virtual-pipeline schedule; unbatched p2p matches TP=1 exactly)."""
     for name in (
         "apply_rope_fusion",
         "persist_layer_norm",
@@ -241,6 +244,8 @@ def disable_te_only_fusions(config: Any) -> Any:
             setattr(config, name, False)
     if hasattr(config, "sequence_parallel"):
         config.sequence_parallel = False
+    if hasattr(config, "batch_p2p_comm"):
+        config.batch_p2p_comm = False
     if hasattr(config, "attention_backend"):
         from megatron.core.transformer.enums import AttnBackend
 

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nemo_erprm.runtime.cpu_backend import disable_te_only_fusions, enable_cpu_backend  # noqa: E402
+from nemo_erprm.runtime.cpu_backend import adapt_config_for_cpu, enable_cpu_backend  # noqa: E402
 
 SEQ = 48
 VOCAB = 512
@@ -37,9 +37,9 @@ def tiny_config():
         hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True, params_dtype=torch.float32,
         layernorm_epsilon=1e-5, calculate_per_token_loss=True,
         tensor_model_parallel_size=_ARGS.tp, pipeline_model_parallel_size=_ARGS.pp,
-        pipeline_dtype=torch.float32,
+        pipeline_dtype=torch.float32, virtual_pipeline_model_parallel_size=_ARGS.vpp,
     )
-    return disable_te_only_fusions(cfg)
+    return adapt_config_for_cpu(cfg)
 
 
 def synthetic_rows(seed: int = 0):
@@ -64,7 +64,7 @@ def main() -> None:
     from nemo_erprm.model.megatron_step import build_optimizer, run_microbatches, train_step, wrap_ddp
     from nemo_erprm.runtime.parallel import init_distributed
 
-    init_distributed(_ARGS.tp, _ARGS.pp, seed=1234)
+    init_distributed(_ARGS.tp, _ARGS.pp, vpp=_ARGS.vpp, seed=1234)
     dp = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
     samples = synthetic_rows()
@@ -72,20 +72,31 @@ def main() -> None:
     microbatches = [collate_rows([[s] for s in mine[i:i + MICRO]], SEQ, 0) for i in range(0, len(mine), MICRO)]
     result = {}
     for head in HEADS:
-        model = build_prm_model(tiny_config(), VOCAB, SEQ, head=head, plus_token_id=7, minus_token_id=300)
+        stages = [None] if not _ARGS.vpp else list(range(_ARGS.vpp))
+        chunks = []
+        for vp in stages:
+            if vp is not None:
+                parallel_state.set_virtual_pipeline_model_parallel_rank(vp)
+            chunks.append(build_prm_model(tiny_config(), VOCAB, SEQ, head=head, plus_token_id=7,
+                                          minus_token_id=300, vp_stage=vp))
         ckpt = Path(_ARGS.ckpt) / head
         if _ARGS.save:
             ckpt.mkdir(parents=True, exist_ok=True)
-            dist_checkpointing.save(model.sharded_state_dict(), str(ckpt))
+            dist_checkpointing.save(chunks[0].sharded_state_dict(), str(ckpt))
             continue
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt))
-        model.load_state_dict(state)
-        ddp = wrap_ddp(model)
-        opt = build_optimizer([ddp], lr=3e-3)
-        ddp.eval()
+        # one load call for all chunks: the checkpoint keys live inside the ShardedTensors, the
+        # outer dict only sorts the result per chunk
+        loaded = dist_checkpointing.load({i: c.sharded_state_dict() for i, c in enumerate(chunks)}, str(ckpt))
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[i])
+        ddps = [wrap_ddp(c) for c in chunks]
+        opt = build_optimizer(ddps, lr=3e-3)
+        for d in ddps:
+            d.eval()
         with torch.no_grad():
-            outs = run_microbatches([ddp], microbatches, head, SEQ, MICRO, forward_only=True)
-        ddp.train()
+            outs = run_microbatches(ddps, microbatches, head, SEQ, MICRO, forward_only=True)
+        for d in ddps:
+            d.train()
         scores = []  # (sample, tag index, P(good), loss) for every step this rank scored
         for mb, out in zip(microbatches, outs):
             order = mb["step_sample"][mb["step_mask"]].tolist()
@@ -95,7 +106,7 @@ def main() -> None:
                 scores.append((sample, seen[sample], score, loss))
         losses = []
         for _ in range(5):
-            metrics = train_step([ddp], opt, microbatches, head, SEQ, MICRO)
+            metrics = train_step(ddps, opt, microbatches, head, SEQ, MICRO)
             losses.append(metrics["loss"])
         gathered = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, scores)
@@ -115,6 +126,7 @@ if __name__ == "__main__":
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", default="")
     p.add_argument("--save", action="store_true")
+    p.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per rank")
     p.add_argument("--micro", type=int, default=2, help="micro batch size (rows per microbatch)")
     _ARGS = p.parse_args()
     MICRO = _ARGS.micro

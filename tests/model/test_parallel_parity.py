@@ -57,6 +57,7 @@ def compare(ref: dict, got: dict) -> dict:
         ("tp2", 2, ["--tp", "2"]),
         ("pp2", 2, ["--pp", "2"]),
         ("tp2pp2", 4, ["--tp", "2", "--pp", "2"]),
+        ("pp2vpp2", 2, ["--pp", "2", "--vpp", "2"]),  # interleaved (virtual) pipeline
         ("dp2", 2, []),
         ("micro1", 1, ["--micro", "1"]),  # another microbatch split of the same global batch
     ],
