@@ -25,13 +25,15 @@ def init_distributed(tp: int = 1, pp: int = 1, vpp: int | None = None, seed: int
     from megatron.core import parallel_state, tensor_parallel
 
     if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:  # single process without torchrun
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(backend=backend)
+        if "RANK" in os.environ:  # launched by torchrun / srun
+            torch.distributed.init_process_group(backend=backend)
+        else:  # a single local process; the environment is left alone for child processes
+            torch.distributed.init_process_group(
+                backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+            )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp,
