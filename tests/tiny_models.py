@@ -66,3 +66,35 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0, hidden: int = 64, layer
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_hf(out_dir: str | Path, family: str = "llama", tied: bool = False, seed: int = 0,
+                  hidden: int = 64, layers: int = 2) -> Path:
+    """Tiny random HF causal LM of a family: llama (GQA), mistral, qwen2 (qkv bias); optionally
+    with tied input/output embeddings. Same tokenizer as :func:`build_tiny_llama`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer()
+    common = dict(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=10000.0,
+    )
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM, {}),
+        "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, {"use_sliding_window": False}),
+    }
+    cfg_cls, model_cls, extra = classes[family]
+    torch.manual_seed(seed)
+    model = model_cls(cfg_cls(**common, **extra))
+    with torch.no_grad():  # non-trivial norms and biases, so a dropped tensor shows in the logits
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir

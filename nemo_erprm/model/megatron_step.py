@@ -129,3 +129,31 @@ def train_step(
     metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
     metrics["update_ok"] = bool(update_ok)
     return metrics
+
+
+def forward_outputs(
+    models: Sequence[torch.nn.Module],
+    microbatches: Sequence[dict[str, torch.Tensor]],
+    seq_length: int,
+    micro_batch_size: int,
+    lm_logits: bool = False,
+) -> list[torch.Tensor]:
+    """Forward-only pass over ``microbatches`` through the pipeline; on the last stage the
+    model outputs per microbatch (step logits, or full LM logits with ``lm_logits``), else []."""
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    def step(data_iterator, model):
+        batch = _batch_to_device(next(data_iterator), device)
+        out = model(batch["tokens"], batch["position_ids"], batch["attention_mask"],
+                    step_mask=batch["step_mask"], return_lm_logits=lm_logits)
+        return out, lambda output: (torch.zeros((), device=device), {"output": output.detach()})
+
+    data: Any = iter(microbatches) if len(models) == 1 else [iter(microbatches) for _ in models]
+    with torch.no_grad():
+        results = get_forward_backward_func()(
+            forward_step_func=step, data_iterator=data,
+            model=list(models) if len(models) > 1 else models[0],
+            num_microbatches=len(microbatches), seq_length=seq_length,
+            micro_batch_size=micro_batch_size, forward_only=True,
+        )
+    return [r["output"] for r in results]

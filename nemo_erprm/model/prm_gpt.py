@@ -67,10 +67,14 @@ class ERPRMGPTModel(GPTModel):
         step_mask: Optional[torch.Tensor] = None,
         decoder_input: Optional[torch.Tensor] = None,
         packed_seq_params: Optional[PackedSeqParams] = None,
+        return_lm_logits: bool = False,
         **unused,
     ) -> torch.Tensor:
         """Last stage: step logits ``[num_steps, 2]`` (lm_tokens) or ``[num_steps]`` (scalar),
-        for the positions where ``step_mask`` ([b, s] bool) is set. Other stages: hidden states."""
+        for the positions where ``step_mask`` ([b, s] bool) is set. Other stages: hidden states.
+
+        ``return_lm_logits=True`` (verification only, e.g. conversion parity) returns the full
+        ``[b, s, vocab]`` language-model logits of the backbone instead, gathered over TP."""
         decoder_input, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, sequence_len_offset = self._preprocess(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -90,6 +94,10 @@ class ERPRMGPTModel(GPTModel):
         )
         if not self.post_process:
             return hidden_states
+        if return_lm_logits:
+            weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+            logits, _ = self.output_layer(hidden_states, weight=weight, runtime_gather_output=True)
+            return logits.transpose(0, 1).contiguous()
         if step_mask is None:
             raise ValueError("the last pipeline stage needs step_mask to know where the step tags are")
         hidden = gather_step_hidden(hidden_states, step_mask, self.config.sequence_parallel)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from nemo.collections.llm.gpt.model.base import GPTConfig, local_layer_spec, transformer_engine_layer_spec
-from nemo.collections.llm.gpt.model.llama import Llama3Config, LlamaConfig
+from nemo.collections.llm.gpt.model.llama import Llama3Config, Llama31Config, LlamaConfig
 from nemo.collections.llm.gpt.model.mistral import MistralConfig7B
 from nemo.collections.llm.gpt.model.qwen2 import Qwen2Config
 from nemo.lightning import get_vocab_size
@@ -112,6 +112,11 @@ class ERPRMLlama3Config(ERPRMConfigMixin, Llama3Config):
 
 
 @dataclass
+class ERPRMLlama31Config(ERPRMConfigMixin, Llama31Config):
+    """Llama-3.1+ (llama3-type RoPE scaling), what NeMo's importer picks for Llama-3.x HF configs."""
+
+
+@dataclass
 class ERPRMMistralConfig(ERPRMConfigMixin, MistralConfig7B):
     """Mistral-7B (sliding window as in NeMo's MistralConfig7B)."""
 
@@ -126,6 +131,7 @@ FAMILIES = {
     "llama": ERPRMLlamaConfig,
     "deepseek": ERPRMLlamaConfig,
     "llama3": ERPRMLlama3Config,
+    "llama31": ERPRMLlama31Config,
     "mistral": ERPRMMistralConfig,
     "qwen2": ERPRMQwen2Config,
 }

@@ -14,7 +14,8 @@ Patched (see ../shared/docs/ENVIRONMENT.md for the measurements behind each):
  4. ``torch.cuda.synchronize`` / ``empty_cache`` -> no-ops.
  5. ``torch.cuda.current_stream/Stream/Event/stream`` -> inert stand-ins.
  6. NeMo: megatron's RNG tracker is seeded on CPU too; the resume-time CUDA check is a no-op.
- 7. Configs (:func:`adapt_config_for_cpu`): TE-only fusions off, unbatched pipeline p2p.
+ 7. Configs: TE-only fusions off for every megatron config built (NeMo's family configs
+    default them on), and :func:`adapt_config_for_cpu` also unbatches pipeline p2p.
 """
 
 from __future__ import annotations
@@ -173,6 +174,37 @@ def _patch_megatron_rng() -> None:
     mrandom.CudaRNGStatesTracker.fork = fork
 
 
+_TE_ONLY_FUSIONS = (
+    "apply_rope_fusion",
+    "persist_layer_norm",
+    "gradient_accumulation_fusion",
+    "bias_activation_fusion",
+    "bias_dropout_fusion",
+    "masked_softmax_fusion",
+    "cross_entropy_loss_fusion",
+)
+
+
+def _patch_transformer_config() -> None:
+    """(c) NeMo's family configs (LlamaConfig & co.) default TE-only fusions to True and megatron
+    refuses them without TE: every config built under the CPU backend gets them off first."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    original = TransformerConfig.__post_init__
+    if getattr(original, "_erprm_cpu", False):
+        return
+
+    def __post_init__(self):
+        for name in _TE_ONLY_FUSIONS:
+            if hasattr(self, name):
+                setattr(self, name, False)
+        self.sequence_parallel = False
+        original(self)
+
+    __post_init__._erprm_cpu = True
+    TransformerConfig.__post_init__ = __post_init__
+
+
 def _patch_nemo() -> None:
     """NeMo-specific patches; skipped silently when NeMo is not installed."""
     try:
@@ -222,6 +254,7 @@ def enable_cpu_backend() -> None:
         )
     _patch_torch()
     _patch_megatron_rng()
+    _patch_transformer_config()
     _patch_nemo()
     _ENABLED = True
 
@@ -231,15 +264,7 @@ def adapt_config_for_cpu(config: Any) -> Any:
     CUDA kernels, no sequence parallelism, local attention, and unbatched pipeline p2p
     (measured: batched isend/irecv over gloo mixes up activations in the interleaved
     virtual-pipeline schedule; unbatched p2p matches TP=1 exactly)."""
-    for name in (
-        "apply_rope_fusion",
-        "persist_layer_norm",
-        "gradient_accumulation_fusion",
-        "bias_activation_fusion",
-        "bias_dropout_fusion",
-        "masked_softmax_fusion",
-        "cross_entropy_loss_fusion",
-    ):
+    for name in _TE_ONLY_FUSIONS:
         if hasattr(config, name):
             setattr(config, name, False)
     if hasattr(config, "sequence_parallel"):

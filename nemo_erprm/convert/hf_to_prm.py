@@ -1,0 +1,224 @@
+"""HF checkpoint (directory or GGUF) -> NeMo 2 checkpoint of our `ERPRMModel`.
+
+NeMo's family importers translate the HF config (RoPE scaling, sliding window, ...), set up
+the NeMo trainer/strategy and write the checkpoint (`nemo_setup`, `nemo_save`); the weight
+map is ours (:mod:`nemo_erprm.convert.mapping`) because the stock one drops the layer norms
+without Transformer Engine. Every megatron parameter must be filled from the source and
+every source tensor must be used, else the conversion fails naming the tensor. The
+`lm_tokens` head needs no weights of its own (it reads the LM head rows); the `scalar` head
+starts as documented in :mod:`nemo_erprm.model.heads`.
+
+The checkpoint is a megatron dist checkpoint: it loads at any TP/PP (resharded on load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from nemo_erprm.errors import ConfigError
+from nemo_erprm.convert import mapping as M
+
+PRM_CONFIG_FILE = "prm_config.json"
+
+
+def materialize_hf_dir(source: str, workdir: Path) -> Path:
+    """An HF directory for ``source``: itself, or a GGUF (file or 'smollm2') re-saved as safetensors."""
+    from nemo_erprm.embedded import resolve_model_path
+
+    where, gguf = resolve_model_path(source)
+    if gguf is None:
+        if not (Path(where) / "config.json").exists():
+            raise ConfigError(f"{where}: not a Hugging Face model directory (no config.json)")
+        return Path(where)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = workdir / "hf_from_gguf"
+    print(f"reading GGUF {Path(where) / gguf} through transformers (dequantized to float32)")
+    tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    del model
+    return out
+
+
+def importer_for(hf_dir: Path):
+    """NeMo's importer for this HF architecture (config translation, trainer setup, saving)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(hf_dir))
+    family = M.MODEL_TYPES.get(getattr(cfg, "model_type", ""))
+    if family is None:
+        archs = getattr(cfg, "architectures", None)
+        raise ConfigError(
+            f"{hf_dir}: unsupported architecture {archs or cfg.model_type!r}; supported: "
+            f"{sorted(M.HF_ARCHITECTURES)} (DeepSeek-math and SmolLM2 are LlamaForCausalLM)"
+        )
+    if family == "llama":
+        from nemo.collections.llm.gpt.model.llama import HFLlamaImporter as Importer
+    elif family == "mistral":
+        from nemo.collections.llm.gpt.model.mistral import HFMistralImporter as Importer
+    else:
+        from nemo.collections.llm.gpt.model.qwen2 import HFQwen2Importer as Importer
+    return Importer(str(hf_dir)), cfg
+
+
+def prm_config_from_base(base_cfg: Any, hf_cfg: Any, **prm_fields: Any):
+    """Our family config with every field of NeMo's translated config, plus the PRM fields."""
+    from nemo.collections.llm.gpt.model.llama import Llama31Config, LlamaConfig
+    from nemo.collections.llm.gpt.model.mistral import MistralConfig7B
+    from nemo.collections.llm.gpt.model.qwen2 import Qwen2Config
+
+    from nemo_erprm.nemo import config as C
+
+    classes = [(Llama31Config, C.ERPRMLlama31Config), (LlamaConfig, C.ERPRMLlamaConfig),
+               (MistralConfig7B, C.ERPRMMistralConfig), (Qwen2Config, C.ERPRMQwen2Config)]
+    target_cls = next((ours for theirs, ours in classes if isinstance(base_cfg, theirs)), None)
+    if target_cls is None:
+        raise ConfigError(f"no PRM config for NeMo config {type(base_cfg).__name__}")
+    # our mixin's fields (steps, loss normalisation, layer-spec switch) are never taken from NeMo's
+    skip = {"transformer_layer_spec", "generation_config"} | {f.name for f in fields(C.ERPRMConfigMixin)}
+    kwargs = {f.name: getattr(base_cfg, f.name) for f in fields(base_cfg) if f.init and f.name not in skip}
+    kwargs["vocab_size"] = hf_cfg.vocab_size  # embedding rows, not the tokenizer's length
+    kwargs["share_embeddings_and_output_weights"] = bool(getattr(hf_cfg, "tie_word_embeddings", False))
+    from nemo_erprm.model.build import have_transformer_engine
+
+    # megatron's own `transformer_impl` field is our layer-spec switch: TE where installed
+    kwargs["transformer_impl"] = "transformer_engine" if have_transformer_engine() else "local"
+    kwargs.update(prm_fields)
+    return target_cls(**kwargs)
+
+
+def resolve_tokens(tokenizer: Any, step_tag: str, head: str, plus: str, minus: str,
+                   add_step_tag_token: bool) -> dict[str, Any]:
+    """Step tag and label token ids of this tokenizer (see :mod:`nemo_erprm.data.tokenize`)."""
+    from nemo_erprm.data.tokenize import StepTagTokenError, StepTokenizer, add_step_tag_token as add_tag, single_token_id
+
+    probe = f"Question 12? Step one is 3 + 4 = 7. {step_tag}\nThe answer is 7. {step_tag}"
+    added = False
+    try:
+        st = StepTokenizer(tokenizer, step_tag, 1 << 20)
+        st(probe, [0.0, 0.0])
+    except StepTagTokenError:
+        if not add_step_tag_token:
+            raise
+        add_tag(tokenizer, step_tag)
+        added = True
+        st = StepTokenizer(tokenizer, step_tag, 1 << 20)
+        st(probe, [0.0, 0.0])
+    out: dict[str, Any] = {"step_tag": step_tag, "step_tag_id": st.tag_id, "step_tag_added": added}
+    if head == "lm_tokens":
+        for name, text in (("plus", plus), ("minus", minus)):
+            tid = single_token_id(tokenizer, text)
+            if tid is None:
+                raise ConfigError(f"--{name}-token {text!r} is not a single token of this tokenizer")
+            out[f"{name}_token"], out[f"{name}_token_id"] = text, tid
+    return out
+
+
+def _poison(model: torch.nn.Module, keep: tuple[str, ...]) -> None:
+    """NaN-fill every parameter except ``keep`` so unfilled ones are detectable after mapping."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not any(name.startswith(k) for k in keep):
+                p.fill_(math.nan)
+
+
+def convert_hf_to_prm(
+    source: str,
+    out_dir: str,
+    *,
+    head: str = "lm_tokens",
+    step_tag: str = "ки",
+    add_step_tag_token: bool = False,
+    plus_token: str = "+",
+    minus_token: str = "-",
+    tp: int = 1,
+    pp: int = 1,
+    dtype: Optional[str] = None,
+) -> Path:
+    """Convert ``source`` (HF dir, .gguf file or 'smollm2') into a PRM checkpoint at ``out_dir``."""
+    if head not in ("lm_tokens", "scalar"):
+        raise ConfigError(f"--head must be lm_tokens or scalar, got {head!r}")
+    if not torch.cuda.is_available():
+        from nemo_erprm.runtime.cpu_backend import enable_cpu_backend
+
+        enable_cpu_backend()
+    from nemo.lightning.io.api import load_context  # noqa: F401  (NeMo must import before its connectors)
+    from nemo.lightning.io.state import apply_transforms
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nemo_erprm.nemo.model import ERPRMModel
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = materialize_hf_dir(source, Path(tmp))
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+        tokens = resolve_tokens(tokenizer, step_tag, head, plus_token, minus_token, add_step_tag_token)
+        load_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: "auto"}[dtype]
+        print(f"loading {hf_dir} with transformers")
+        hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=load_dtype)
+        if tokens["step_tag_added"]:
+            # The tag became a new special token: one more embedding row (mean-initialised by HF).
+            hf_model.resize_token_embeddings(len(tokenizer))
+            hf_dir = Path(tmp) / "hf_with_tag"
+            hf_model.save_pretrained(hf_dir, safe_serialization=True)
+            tokenizer.save_pretrained(hf_dir)
+        importer, hf_cfg = importer_for(hf_dir)
+        base = importer.config
+        n_heads = base.num_attention_heads
+        if n_heads % tp or base.num_layers % pp:
+            raise ConfigError(f"--tp {tp} must divide {n_heads} attention heads and --pp {pp} "
+                              f"{base.num_layers} layers")
+        params_dtype = hf_model.dtype
+        cfg = prm_config_from_base(
+            base, hf_cfg, head=head, step_tag=step_tag, step_tag_id=tokens["step_tag_id"],
+            plus_token_id=tokens.get("plus_token_id"), minus_token_id=tokens.get("minus_token_id"),
+            params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
+            fp16=params_dtype == torch.float16,
+        )
+        target = ERPRMModel(cfg, tokenizer=importer.tokenizer)
+        trainer = importer.nemo_setup(target)
+        module = target.module
+        _poison(module, keep=("step_head.",))  # the scalar head keeps its documented init
+        target_keys = list(module.state_dict().keys())
+        mapping = M.hf_to_megatron_mapping(target_keys, cfg.share_embeddings_and_output_weights)
+        transforms = M.hf_to_megatron_transforms(qkv_bias=bool(getattr(hf_cfg, "attention_bias", False))
+                                                 or M.MODEL_TYPES[hf_cfg.model_type] == "qwen2")
+        source_keys = list(hf_model.state_dict().keys())
+        if cfg.share_embeddings_and_output_weights:
+            source_keys = [k for k in source_keys if k != "lm_head.weight"]  # the same tensor as the embedding
+        unused = M.uncovered_keys(source_keys, mapping, transforms)
+        if unused:
+            raise ConfigError(f"{hf_dir}: unexpected tensor(s) with no place in the PRM: {unused[:8]}")
+        print(f"mapping {len(source_keys)} tensors")
+        try:
+            apply_transforms(hf_model, target, mapping=mapping, transforms=transforms)
+        except ValueError as e:  # NeMo's shape check names the parameter
+            raise ConfigError(f"{hf_dir}: {e}") from None
+        missing = [n for n, p in target.module.named_parameters() if torch.isnan(p).any()]
+        if missing:
+            raise ConfigError(f"{hf_dir}: no source tensor for {missing[:8]}")
+        del hf_model
+        importer.nemo_save(out, trainer)
+
+        meta = {
+            "format_version": 1,
+            "head": head,
+            "family": type(cfg).__name__,
+            "source": str(source),
+            "architecture": (getattr(hf_cfg, "architectures", None) or [None])[0],
+            **tokens,
+            "recommended_aggregation": "min",
+            "suggested_layout": {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp},
+        }
+        (out / PRM_CONFIG_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    print(f"PRM checkpoint written to {out} (head={head}, step tag {step_tag!r} = id {tokens['step_tag_id']})")
+    return out
