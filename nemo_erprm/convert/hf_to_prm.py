@@ -49,6 +49,40 @@ def materialize_hf_dir(source: str, workdir: Path) -> Path:
     return out
 
 
+def hf_file_tensors(hf_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors stored in an HF directory's safetensors (single or sharded)."""
+    from safetensors import safe_open
+
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are read)")
+    out: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                out[k] = tuple(st.get_slice(k).get_shape())
+    return out
+
+
+def check_hf_tensors(hf_dir: Path, hf_model: torch.nn.Module) -> None:
+    """Fail naming the tensor when the files miss a tensor of the architecture, hold an
+    unexpected one, or one of another shape (transformers would fill/skip some silently)."""
+    stored = hf_file_tensors(hf_dir)
+    expected = {k: tuple(v.shape) for k, v in hf_model.state_dict().items()}
+    tied = bool(getattr(hf_model.config, "tie_word_embeddings", False))
+    optional = {"lm_head.weight"} if tied else set()
+    missing = sorted(k for k in expected if k not in stored and k not in optional and not k.endswith("inv_freq"))
+    unexpected = sorted(k for k in stored if k not in expected)
+    if missing:
+        raise ConfigError(f"{hf_dir}: missing tensor(s) {missing[:8]} for {type(hf_model).__name__}")
+    if unexpected:
+        raise ConfigError(f"{hf_dir}: unexpected tensor(s) {unexpected[:8]} for {type(hf_model).__name__}")
+    wrong = [(k, stored[k], expected[k]) for k in stored if stored[k] != expected[k]]
+    if wrong:
+        k, got, want = wrong[0]
+        raise ConfigError(f"{hf_dir}: tensor {k} has shape {list(got)}, the config implies {list(want)}")
+
+
 def importer_for(hf_dir: Path):
     """NeMo's importer for this HF architecture (config translation, trainer setup, saving)."""
     from transformers import AutoConfig
@@ -67,7 +101,9 @@ def importer_for(hf_dir: Path):
         from nemo.collections.llm.gpt.model.mistral import HFMistralImporter as Importer
     else:
         from nemo.collections.llm.gpt.model.qwen2 import HFQwen2Importer as Importer
-    return Importer(str(hf_dir)), cfg
+    importer = Importer(str(hf_dir))
+    importer.trust_remote_code = False  # some importers read it; local checkpoints never run remote code
+    return importer, cfg
 
 
 def prm_config_from_base(base_cfg: Any, hf_cfg: Any, **prm_fields: Any):
@@ -163,8 +199,14 @@ def convert_hf_to_prm(
         tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
         tokens = resolve_tokens(tokenizer, step_tag, head, plus_token, minus_token, add_step_tag_token)
         load_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: "auto"}[dtype]
+        importer, hf_cfg = importer_for(hf_dir)  # unsupported architectures fail here
         print(f"loading {hf_dir} with transformers")
-        hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=load_dtype)
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=load_dtype)
+        except (RuntimeError, ValueError, OSError) as e:  # e.g. size mismatch, named by transformers
+            lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln] or str(e).splitlines()[:1]
+            raise ConfigError(f"{hf_dir}: {lines[0]}") from None
+        check_hf_tensors(hf_dir, hf_model)
         if tokens["step_tag_added"]:
             # The tag became a new special token: one more embedding row (mean-initialised by HF).
             hf_model.resize_token_embeddings(len(tokenizer))
