@@ -64,19 +64,23 @@ def hf_file_tensors(hf_dir: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_hf_tensors(hf_dir: Path, hf_model: torch.nn.Module) -> None:
-    """Fail naming the tensor when the files miss a tensor of the architecture, hold an
-    unexpected one, or one of another shape (transformers would fill/skip some silently)."""
+def check_hf_tensors(hf_dir: Path, hf_cfg: Any) -> None:
+    """Before loading: fail naming the tensor when the files miss a tensor of the architecture,
+    hold an unexpected one, or one of another shape (transformers would fill some silently)."""
+    from transformers import AutoModelForCausalLM
+
     stored = hf_file_tensors(hf_dir)
-    expected = {k: tuple(v.shape) for k, v in hf_model.state_dict().items()}
-    tied = bool(getattr(hf_model.config, "tie_word_embeddings", False))
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(hf_cfg)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    tied = bool(getattr(hf_cfg, "tie_word_embeddings", False))
     optional = {"lm_head.weight"} if tied else set()
     missing = sorted(k for k in expected if k not in stored and k not in optional and not k.endswith("inv_freq"))
     unexpected = sorted(k for k in stored if k not in expected)
     if missing:
-        raise ConfigError(f"{hf_dir}: missing tensor(s) {missing[:8]} for {type(hf_model).__name__}")
+        raise ConfigError(f"{hf_dir}: missing tensor(s) {missing[:8]} for {type(skeleton).__name__}")
     if unexpected:
-        raise ConfigError(f"{hf_dir}: unexpected tensor(s) {unexpected[:8]} for {type(hf_model).__name__}")
+        raise ConfigError(f"{hf_dir}: unexpected tensor(s) {unexpected[:8]} for {type(skeleton).__name__}")
     wrong = [(k, stored[k], expected[k]) for k in stored if stored[k] != expected[k]]
     if wrong:
         k, got, want = wrong[0]
@@ -196,17 +200,20 @@ def convert_hf_to_prm(
     out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = materialize_hf_dir(source, Path(tmp))
-        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+        importer, hf_cfg = importer_for(hf_dir)  # unsupported architectures fail here
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+        except (OSError, TypeError, ValueError) as e:
+            raise ConfigError(f"{hf_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
         tokens = resolve_tokens(tokenizer, step_tag, head, plus_token, minus_token, add_step_tag_token)
         load_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: "auto"}[dtype]
-        importer, hf_cfg = importer_for(hf_dir)  # unsupported architectures fail here
+        check_hf_tensors(hf_dir, hf_cfg)
         print(f"loading {hf_dir} with transformers")
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=load_dtype)
         except (RuntimeError, ValueError, OSError) as e:  # e.g. size mismatch, named by transformers
             lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln] or str(e).splitlines()[:1]
             raise ConfigError(f"{hf_dir}: {lines[0]}") from None
-        check_hf_tensors(hf_dir, hf_model)
         if tokens["step_tag_added"]:
             # The tag became a new special token: one more embedding row (mean-initialised by HF).
             hf_model.resize_token_embeddings(len(tokenizer))
