@@ -14,7 +14,6 @@ The checkpoint is a megatron dist checkpoint: it loads at any TP/PP (resharded o
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -163,12 +162,23 @@ def resolve_tokens(tokenizer: Any, step_tag: str, head: str, plus: str, minus: s
     return out
 
 
-def _poison(model: torch.nn.Module, keep: tuple[str, ...]) -> None:
-    """NaN-fill every parameter except ``keep`` so unfilled ones are detectable after mapping."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not any(name.startswith(k) for k in keep):
-                p.fill_(math.nan)
+def save_prm_checkpoint(model: Any, trainer: Any, out: Path) -> None:
+    """Write ``out/weights`` (megatron dist checkpoint, keys ``module.*`` as NeMo writes them)
+    and ``out/context`` (NeMo's io context: config, tokenizer).
+
+    The weights are saved directly with megatron's dist-checkpoint writer rather than through
+    the trainer (`nemo_save`), whose training setup and async writers cost ~0.4 GB more PSS
+    on SmolLM2 (measured with benchmarks/convert_memory.py)."""
+    from megatron.core import dist_checkpointing
+    from nemo.lightning.ckpt_utils import ckpt_to_context_subdir
+    from nemo.lightning.io.pl import TrainerContext
+
+    weights = out / "weights"
+    if weights.exists() and any(weights.iterdir()):
+        raise ConfigError(f"{out}: already holds a checkpoint; choose another --out")
+    weights.mkdir(parents=True, exist_ok=True)
+    dist_checkpointing.save(model.module.sharded_state_dict(prefix="module."), str(weights))
+    TrainerContext.from_trainer(trainer).io_dump(ckpt_to_context_subdir(out), yaml_attrs=["model"])
 
 
 def convert_hf_to_prm(
@@ -233,10 +243,13 @@ def convert_hf_to_prm(
             params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
             fp16=params_dtype == torch.float16,
         )
+        # Build the target on the meta device: converted tensors become its parameters, so the
+        # backbone is never allocated twice (see benchmarks/convert_memory.py).
+        cfg.init_model_with_meta_device = True
         target = ERPRMModel(cfg, tokenizer=importer.tokenizer)
         trainer = importer.nemo_setup(target)
+        cfg.init_model_with_meta_device = False  # the saved config builds real weights
         module = target.module
-        _poison(module, keep=("step_head.",))  # the scalar head keeps its documented init
         target_keys = list(module.state_dict().keys())
         mapping = M.hf_to_megatron_mapping(target_keys, cfg.share_embeddings_and_output_weights)
         transforms = M.hf_to_megatron_transforms(qkv_bias=bool(getattr(hf_cfg, "attention_bias", False))
@@ -252,11 +265,15 @@ def convert_hf_to_prm(
             apply_transforms(hf_model, target, mapping=mapping, transforms=transforms)
         except ValueError as e:  # NeMo's shape check names the parameter
             raise ConfigError(f"{hf_dir}: {e}") from None
-        missing = [n for n, p in target.module.named_parameters() if torch.isnan(p).any()]
+        missing = [n for n, p in module.named_parameters() if p.is_meta and not n.startswith("step_head.")]
         if missing:
             raise ConfigError(f"{hf_dir}: no source tensor for {missing[:8]}")
+        if head == "scalar":  # a fresh head, with the documented init (see model/heads.py)
+            from nemo_erprm.model.heads import ScalarHead
+
+            module.step_head = ScalarHead(module.config)
         del hf_model
-        importer.nemo_save(out, trainer)
+        save_prm_checkpoint(target, trainer, out)
 
         meta = {
             "format_version": 1,

@@ -8,8 +8,11 @@ rank's pipeline stage. DeepSeek-math-7B uses the Llama config (same architecture
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
+
+import torch
 
 from nemo.collections.llm.gpt.model.base import GPTConfig, local_layer_spec, transformer_engine_layer_spec
 from nemo.collections.llm.gpt.model.llama import Llama3Config, Llama31Config, LlamaConfig
@@ -76,6 +79,13 @@ class ERPRMConfigMixin:
             self.attention_backend = AttnBackend.local
             spec = local_layer_spec(self)
         vocab_size = self.vocab_size or get_vocab_size(self, tokenizer.vocab_size, self.make_vocab_size_divisible_by)
+        device = torch.device("meta") if self.init_model_with_meta_device else contextlib.nullcontext()
+        with device:
+            return self._build(spec, vocab_size, pre_process, post_process, vp_stage)
+
+    def _build(self, spec, vocab_size, pre_process, post_process, vp_stage) -> ERPRMGPTModel:
+        from megatron.core import parallel_state
+
         return ERPRMGPTModel(
             self,
             spec,
