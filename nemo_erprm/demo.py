@@ -4,8 +4,8 @@ Each stage runs the same command a user runs (printed before it starts), with it
 conf/demo/. Finished stages are reused: a stage's tool resumes from its output folder, so a
 rerun only does what is missing. ``--fresh`` starts over.
 
-Stages so far: 1. label (tools/label_rollouts.py). Training, conversion and evaluation join
-as those stages land.
+Stages so far: 1. label (tools/label_rollouts.py), 2. convert SmolLM2 into the PRM checkpoint
+(tools/convert_hf_checkpoint.py, both heads). Training and evaluation join as they land.
 """
 
 from __future__ import annotations
@@ -63,6 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "tools/label_rollouts.py", "--config", args.label_config,
          f"output.dir={labels_dir}", *args.overrides],
     )
+    # Stage 2: SmolLM2 -> megatron ERPRM checkpoints. "ки" is not one SmolLM2 token: it is added
+    # as a special token (one new embedding row), exactly as a user would for this model.
+    ckpts = {}
+    for head in ("lm_tokens", "scalar"):
+        ckpt = out / f"prm_smollm2_{head}"
+        if (ckpt / "prm_config.json").exists():
+            print(f"\n=== stage convert ({head}): reusing {ckpt}")
+            times[f"convert_{head}"] = 0.0
+        else:
+            if ckpt.exists():
+                shutil.rmtree(ckpt)  # an interrupted earlier run: start this stage over
+            times[f"convert_{head}"] = run_stage(
+                f"convert ({head})",
+                [sys.executable, "tools/convert_hf_checkpoint.py", "--hf-dir", "smollm2", "--out", str(ckpt),
+                 "--head", head, "--add-step-tag-token"],
+            )
+        ckpts[head] = json.loads((ckpt / "prm_config.json").read_text())
     records = labels_dir / "records.shard-00000-of-00001.jsonl"
     summary = json.loads((labels_dir / "summary.shard-00000-of-00001.json").read_text())
     cfg = OmegaConf.load(REPO / args.label_config)
@@ -85,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         "Label histogram per eta (number of steps per label bin):",
         "",
         *histogram_table(summary),
+        "",
+        "## 2. PRM checkpoints",
+        "",
+        *[f"- `{head}` head: `{out / f'prm_smollm2_{head}'}` (step tag {m['step_tag']!r} = token id "
+          f"{m['step_tag_id']}, added as a special token: {m['step_tag_added']}"
+          + (f"; '+' = {m['plus_token_id']}, '-' = {m['minus_token_id']})" if head == 'lm_tokens' else ")")
+          for head, m in ckpts.items()],
         "",
         "Stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()),
         "",
