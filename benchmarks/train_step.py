@@ -34,11 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHAPE = dict(hidden=576, layers=30, heads=9, kv_heads=3, ffn=1536, vocab=49152)
-RECOMPUTE = {
-    "none": {},
-    "selective": {"recompute_granularity": "selective"},
-    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
-}
+RECOMPUTE_CHOICES = ("full", "none", "selective")  # nemo_erprm.model.build.RECOMPUTE
 
 
 class PeakRSS:
@@ -145,7 +141,7 @@ def run_ours(args) -> dict:
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     from nemo_erprm.data.collate import collate_rows, pack_rows
-    from nemo_erprm.model.build import build_prm_model
+    from nemo_erprm.model.build import RECOMPUTE, build_prm_model
     from nemo_erprm.model.megatron_step import build_optimizer, train_step, wrap_ddp
     from nemo_erprm.runtime.parallel import init_distributed
 
@@ -157,7 +153,7 @@ def run_ours(args) -> dict:
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0,
         attention_dropout=0.0, use_cpu_initialization=True, params_dtype=torch.float32,
         calculate_per_token_loss=True, layernorm_epsilon=1e-5,
-        **RECOMPUTE[args.recompute]))
+        **RECOMPUTE[args.recompute]))  # imported after the CPU backend is enabled
     model = build_prm_model(cfg, SHAPE["vocab"], args.seq_length, head="lm_tokens", plus_token_id=plus,
                             minus_token_id=minus, share_embeddings_and_output_weights=True)
     ddp = wrap_ddp(model)
@@ -201,7 +197,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-packing", dest="packing", action="store_false")
-    p.add_argument("--recompute", choices=sorted(RECOMPUTE), default="full",
+    p.add_argument("--recompute", choices=RECOMPUTE_CHOICES, default="full",
                    help="ours: megatron activation recompute (full: every layer, uniform, 1 layer per checkpoint)")
     p.add_argument("--side", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args()

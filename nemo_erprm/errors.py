@@ -11,3 +11,23 @@ class ConfigError(ERPRMError, ValueError):
 
 class RunStateError(ERPRMError, RuntimeError):
     """The output folder or a checkpoint is in a state this command cannot continue from."""
+
+
+def run_reporting_errors(fn, *args, **kwargs) -> int:
+    """Run a CLI body: user errors become one ``error: ...`` line and exit code 2 (a traceback
+    with ERPRM_DEBUG=1); Ctrl-C exits 130. Anything else is a bug and raises."""
+    import os
+    import sys
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return int(fn(*args, **kwargs) or 0)
+    except (ERPRMError, FileNotFoundError, OmegaConfBaseException) as e:
+        if os.environ.get("ERPRM_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; rerun the same command to continue", file=sys.stderr)
+        return 130

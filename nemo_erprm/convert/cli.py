@@ -4,22 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Sequence
 
 
-def _run(fn, *args, **kwargs) -> int:
-    from nemo_erprm.errors import ERPRMError
-
-    try:
-        fn(*args, **kwargs)
-    except (ERPRMError, FileNotFoundError) as e:
-        if os.environ.get("ERPRM_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+from nemo_erprm.errors import run_reporting_errors as _run
 
 
 def convert_main(argv: Sequence[str] | None = None) -> int:

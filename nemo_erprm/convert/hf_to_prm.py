@@ -138,21 +138,18 @@ def prm_config_from_base(base_cfg: Any, hf_cfg: Any, **prm_fields: Any):
 def resolve_tokens(tokenizer: Any, step_tag: str, head: str, plus: str, minus: str,
                    add_step_tag_token: bool) -> dict[str, Any]:
     """Step tag and label token ids of this tokenizer (see :mod:`nemo_erprm.data.tokenize`)."""
-    from nemo_erprm.data.tokenize import StepTagTokenError, StepTokenizer, add_step_tag_token as add_tag, single_token_id
+    from nemo_erprm.data.tokenize import StepTagTokenError, add_step_tag_token as add_tag, single_token_id, step_tag_id
 
-    probe = f"Question 12? Step one is 3 + 4 = 7. {step_tag}\nThe answer is 7. {step_tag}"
     added = False
     try:
-        st = StepTokenizer(tokenizer, step_tag, 1 << 20)
-        st(probe, [0.0, 0.0])
+        tag_id = step_tag_id(tokenizer, step_tag)
     except StepTagTokenError:
         if not add_step_tag_token:
             raise
         add_tag(tokenizer, step_tag)
         added = True
-        st = StepTokenizer(tokenizer, step_tag, 1 << 20)
-        st(probe, [0.0, 0.0])
-    out: dict[str, Any] = {"step_tag": step_tag, "step_tag_id": st.tag_id, "step_tag_added": added}
+        tag_id = step_tag_id(tokenizer, step_tag)
+    out: dict[str, Any] = {"step_tag": step_tag, "step_tag_id": tag_id, "step_tag_added": added}
     if head == "lm_tokens":
         for name, text in (("plus", plus), ("minus", minus)):
             tid = single_token_id(tokenizer, text)

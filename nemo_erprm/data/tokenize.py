@@ -34,15 +34,24 @@ def single_token_id(tokenizer: Any, text: str) -> int | None:
     return None
 
 
+def step_tag_id(tokenizer: Any, step_tag: str, suggest: bool = True) -> int:
+    """The token id of ``step_tag`` in PRM-like text; :class:`StepTagTokenError` (listing
+    single-token candidates when ``suggest``) if it is not exactly one token there."""
+    probe = f"Question 12? Step one is 3 + 4 = 7. {step_tag}\nThe answer is 7. {step_tag}"
+    st = StepTokenizer(tokenizer, step_tag, 1 << 20, suggest=suggest)
+    st(probe, [0.0, 0.0])
+    assert st.tag_id is not None
+    return st.tag_id
+
+
 def suggest_step_tags(tokenizer: Any, candidates: Sequence[str] = CANDIDATE_TAGS) -> list[str]:
     """Candidate tags that pass the single-token check in PRM-like text for this tokenizer."""
     out = []
     for tag in candidates:
         if not tag.strip():
             continue
-        probe = f"Question 12? Step one is 3 + 4 = 7. {tag}\nThe answer is 7. {tag}"
         try:
-            StepTokenizer(tokenizer, tag, 1 << 20, suggest=False)(probe, [0.0, 0.0])
+            step_tag_id(tokenizer, tag, suggest=False)
         except (StepTagTokenError, ValueError):
             continue
         out.append(tag)

@@ -13,9 +13,7 @@ import os
 import sys
 from typing import Sequence
 
-from omegaconf.errors import OmegaConfBaseException
-
-from nemo_erprm.errors import ERPRMError
+from nemo_erprm.errors import run_reporting_errors
 from nemo_erprm.jsonl import iter_jsonl, write_jsonl_atomic
 
 SUBCOMMANDS = ("run", "merge", "relabel", "export")
@@ -120,17 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
     handler = {"run": cmd_run, "merge": cmd_merge, "relabel": cmd_relabel, "export": cmd_export}[command]
-    try:
-        return handler(argv)
-    except (ERPRMError, FileNotFoundError, OmegaConfBaseException) as e:
-        # Expected user errors: one clear line, no traceback (ERPRM_DEBUG=1 shows it).
-        if os.environ.get("ERPRM_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished problems are saved; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_reporting_errors(handler, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ from nemo_erprm.errors import ConfigError
 from nemo_erprm.model.prm_gpt import ERPRMGPTModel
 
 TRANSFORMER_IMPLS = ("local", "transformer_engine")
+# megatron activation-recompute settings by name (full: every layer, one layer per checkpoint)
+RECOMPUTE = {
+    "none": {},
+    "selective": {"recompute_granularity": "selective"},
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
 FP8_FORMATS = (None, "hybrid", "e4m3")
 
 

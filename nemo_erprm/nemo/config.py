@@ -25,10 +25,8 @@ from nemo_erprm.model.build import check_precision_switch, have_transformer_engi
 from nemo_erprm.model.heads import HEAD_TYPES
 from nemo_erprm.model.prm_gpt import ERPRMGPTModel
 from nemo_erprm.nemo.steps import erprm_data_step, erprm_forward_step
+from nemo_erprm.runtime.cpu_backend import TE_ONLY_FUSIONS
 
-_TE_ONLY_FUSIONS = ("apply_rope_fusion", "persist_layer_norm", "gradient_accumulation_fusion",
-                    "masked_softmax_fusion", "cross_entropy_loss_fusion", "bias_activation_fusion",
-                    "bias_dropout_fusion")
 
 
 @dataclass
@@ -47,7 +45,7 @@ class ERPRMConfigMixin:
     def __post_init__(self) -> None:
         if not have_transformer_engine():
             # NeMo's family configs default these to True; without TE megatron refuses them.
-            for name in _TE_ONLY_FUSIONS:
+            for name in TE_ONLY_FUSIONS:
                 if hasattr(self, name):
                     setattr(self, name, False)
             self.sequence_parallel = False

@@ -29,16 +29,11 @@ from typing import Any, Optional
 import torch
 
 from nemo_erprm.errors import ConfigError
-from nemo_erprm.model.build import FP8_FORMATS, check_precision_switch
+from nemo_erprm.model.build import FP8_FORMATS, RECOMPUTE, check_precision_switch
 from nemo_erprm.model.heads import HEAD_TYPES
 
 PRECISIONS = {"bf16": ("bf16-mixed", torch.bfloat16), "fp16": ("16-mixed", torch.float16), "fp32": ("32", torch.float32)}
 FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
-RECOMPUTE = {
-    "none": {},
-    "selective": {"recompute_granularity": "selective"},
-    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
-}
 _SHAPE_FIELDS = (
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
     "seq_length", "rotary_base", "layernorm_epsilon", "share_embeddings_and_output_weights", "kv_channels",

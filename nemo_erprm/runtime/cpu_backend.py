@@ -174,7 +174,7 @@ def _patch_megatron_rng() -> None:
     mrandom.CudaRNGStatesTracker.fork = fork
 
 
-_TE_ONLY_FUSIONS = (
+TE_ONLY_FUSIONS = (
     "apply_rope_fusion",
     "persist_layer_norm",
     "gradient_accumulation_fusion",
@@ -195,7 +195,7 @@ def _patch_transformer_config() -> None:
         return
 
     def __post_init__(self):
-        for name in _TE_ONLY_FUSIONS:
+        for name in TE_ONLY_FUSIONS:
             if hasattr(self, name):
                 setattr(self, name, False)
         self.sequence_parallel = False
@@ -264,7 +264,7 @@ def adapt_config_for_cpu(config: Any) -> Any:
     CUDA kernels, no sequence parallelism, local attention, and unbatched pipeline p2p
     (measured: batched isend/irecv over gloo mixes up activations in the interleaved
     virtual-pipeline schedule; unbatched p2p matches TP=1 exactly)."""
-    for name in _TE_ONLY_FUSIONS:
+    for name in TE_ONLY_FUSIONS:
         if hasattr(config, name):
             setattr(config, name, False)
     if hasattr(config, "sequence_parallel"):
