@@ -22,7 +22,8 @@ def run_reporting_errors(fn, *args, **kwargs) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return int(fn(*args, **kwargs) or 0)
+        result = fn(*args, **kwargs)
+        return result if isinstance(result, int) else 0  # library functions return their outputs
     except (ERPRMError, FileNotFoundError, OmegaConfBaseException) as e:
         if os.environ.get("ERPRM_DEBUG"):
             raise
