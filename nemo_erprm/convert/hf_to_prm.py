@@ -1,9 +1,11 @@
 """HF checkpoint (directory or GGUF) -> NeMo 2 checkpoint of our `ERPRMModel`.
 
-NeMo's family importers translate the HF config (RoPE scaling, sliding window, ...), set up
-the NeMo trainer/strategy and write the checkpoint (`nemo_setup`, `nemo_save`); the weight
-map is ours (:mod:`nemo_erprm.convert.mapping`) because the stock one drops the layer norms
-without Transformer Engine. Every megatron parameter must be filled from the source and
+NeMo's family importers translate the HF config (RoPE scaling, sliding window, ...) and set
+up the NeMo trainer/strategy (`nemo_setup`); the target model is built on the meta device and
+takes the converted tensors as its parameters; the weights are written with megatron's dist
+checkpointing and the io context with NeMo's `TrainerContext` (:func:`save_prm_checkpoint`).
+The weight map is ours (:mod:`nemo_erprm.convert.mapping`) because the stock one drops the
+layer norms without Transformer Engine. Every megatron parameter must be filled from the source and
 every source tensor must be used, else the conversion fails naming the tensor. The
 `lm_tokens` head needs no weights of its own (it reads the LM head rows); the `scalar` head
 starts as documented in :mod:`nemo_erprm.model.heads`.
