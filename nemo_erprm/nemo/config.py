@@ -65,8 +65,6 @@ class ERPRMConfigMixin:
             raise ConfigError("calculate_per_token_loss must stay True: the ER loss is a mean over labeled steps")
 
     def configure_model(self, tokenizer, pre_process=None, post_process=None, vp_stage=None) -> ERPRMGPTModel:
-        from megatron.core import parallel_state
-
         self.validate_prm()
         vp_stage = vp_stage or 0
         if self.transformer_impl == "transformer_engine":

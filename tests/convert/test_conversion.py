@@ -2,7 +2,6 @@
 round trip, HF-side scores equal to the megatron PRM's, and clear errors on bad checkpoints."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +107,7 @@ def test_exported_hf_scores_equal_megatron_scores(converted, tmp_path, head):
     hf, _ = converted["qwen2_bias"]
     ckpt = tmp_path / "prm"
     run([CONVERT, "--hf-dir", hf, "--out", ckpt, "--head", head])
-    samples = samples_for(hf, tmp_path / "s.json")
+    samples_for(hf, tmp_path / "s.json")
     torchrun(1, "--ckpt", ckpt, "--samples", tmp_path / "s.json", "--out", tmp_path / "o.pt")
     ours = [step_scores(x, head).tolist() for x in torch.load(tmp_path / "o.pt")["step_logits"]]
     run([EXPORT, "--ckpt", ckpt, "--out", tmp_path / "hf"])
