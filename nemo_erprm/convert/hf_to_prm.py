@@ -229,7 +229,7 @@ def convert_hf_to_prm(
             hf_dir = Path(tmp) / "hf_with_tag"
             hf_model.save_pretrained(hf_dir, safe_serialization=True)
             tokenizer.save_pretrained(hf_dir)
-        importer, hf_cfg = importer_for(hf_dir)
+            importer, hf_cfg = importer_for(hf_dir)  # the importer reads the resized directory
         base = importer.config
         n_heads = base.num_attention_heads
         if n_heads % tp or base.num_layers % pp:

@@ -205,21 +205,3 @@ def tokenize_dataset(
     ds = ds.filter(lambda d: not d, input_columns=["dropped"]).remove_columns(["dropped", "truncated"])
     counts["kept"] = len(ds)
     return ds, counts
-
-
-def tokenize_examples(
-    examples: Sequence[dict[str, Any]], tokenizer: Any, step_tag: str, seq_length: int
-) -> tuple[list[TokenizedExample], dict[str, int]]:
-    """Tokenize all examples; returns the kept ones and counts (kept, truncated, dropped)."""
-    st = StepTokenizer(tokenizer, step_tag, seq_length)
-    kept: list[TokenizedExample] = []
-    counts = {"examples": len(examples), "kept": 0, "truncated": 0, "dropped": 0}
-    for ex in examples:
-        out = st(ex["text"], ex["values"])
-        if out is None:
-            counts["dropped"] += 1
-            continue
-        counts["truncated"] += int(out.truncated)
-        kept.append(out)
-    counts["kept"] = len(kept)
-    return kept, counts

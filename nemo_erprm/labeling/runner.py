@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from omegaconf import OmegaConf
-
 from nemo_erprm.errors import ConfigError, RunStateError
 from nemo_erprm.jsonl import JsonlAppender, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
 from nemo_erprm.labeling.backends import GenerationBackend, build_backend
@@ -189,7 +187,3 @@ def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple
     target = Path(output) if output else out_dir / "records.jsonl"
     n = write_jsonl_atomic(target, records)
     return target, n
-
-
-def config_yaml(cfg: LabelConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
