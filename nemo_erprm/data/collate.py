@@ -10,6 +10,7 @@ Batch keys:
 - ``attention_mask`` [b, 1, s, s] bool, True = masked (megatron's convention)
 - ``step_mask`` [b, s] bool: the step-tag positions; ``step_targets`` [b, s] float32 ER labels
 - ``step_sample`` [b, s] int64: index of the sample each tag belongs to (-1 elsewhere)
+- ``num_tokens`` [b] int64: real (non-padding) tokens per row, for throughput
 - ``cu_seqlens`` [b, n+1] int32 / ``max_seqlen``: sample boundaries for THD attention (TE)
 """
 
@@ -50,6 +51,7 @@ def collate_rows(
     step_mask = torch.zeros((b, seq_length), dtype=torch.bool)
     step_targets = torch.zeros((b, seq_length), dtype=torch.float32)
     step_sample = torch.full((b, seq_length), -1, dtype=torch.long)
+    num_tokens = torch.zeros(b, dtype=torch.long)
     max_segments = max(len(r) for r in rows) + 2  # + padding segment, + one -1 sentinel
     cu_seqlens = torch.full((b, max_segments + 1), -1, dtype=torch.int32)
     causal = torch.ones((seq_length, seq_length), dtype=torch.bool).tril()
@@ -70,6 +72,7 @@ def collate_rows(
             step_sample[r, pos] = int(sample.get("sample_index", -1))
             at += n
             cu.append(at)
+        num_tokens[r] = at
         if at < seq_length:
             # padding: each pad token attends to itself only (no NaN rows, no effect on samples)
             idx = torch.arange(at, seq_length)
@@ -84,6 +87,7 @@ def collate_rows(
         "step_mask": step_mask,
         "step_targets": step_targets,
         "step_sample": step_sample,
+        "num_tokens": num_tokens,
         "cu_seqlens": cu_seqlens,
         "cu_seqlens_argmin": torch.argmin(cu_seqlens, dim=1, keepdim=True),
         "max_seqlen": torch.tensor([[seq_length]], dtype=torch.int32).expand(b, 1).contiguous(),

@@ -1,6 +1,7 @@
 """Labeled training examples from JSONL, in any of the formats the labeling stage writes.
 
-Every format becomes ``{"text": <PRM input with one step tag per step>, "values": [float]}``
+Every format becomes ``{"text": <PRM input with one step tag per step>, "values": [float],
+"group": <problem id>}`` (``group`` keeps a problem's trajectories on one side of a split)
 rendered by :func:`nemo_erprm.labeling.render_prm_input`, the same renderer evaluation and
 serving use, so training and inference see identical text.
 
@@ -45,7 +46,7 @@ def to_example(record: dict[str, Any], fmt: str, eta: float, step_tag: str, path
             if record["step_tag"] != step_tag:
                 raise RecordError(path, line, f"record uses step tag {record['step_tag']!r}, the model {step_tag!r}")
             return {"text": render_prm_input(record["question"], record["steps"], step_tag),
-                    "values": [float(v) for v in record_labels(record, eta)]}
+                    "values": [float(v) for v in record_labels(record, eta)], "group": record["problem_id"]}
         if fmt == "text_value":
             text, values = record["text"], record["value"]
             if not isinstance(text, str) or not isinstance(values, list):
@@ -53,19 +54,28 @@ def to_example(record: dict[str, Any], fmt: str, eta: float, step_tag: str, path
             if text.count(step_tag) != len(values):
                 raise RecordError(path, line, f"'text' has {text.count(step_tag)} step tags {step_tag!r} "
                                               f"but 'value' has {len(values)} labels")
-            return {"text": text, "values": [float(v) for v in values]}
+            return {"text": text, "values": [float(v) for v in values], "group": str(record.get("id", text))}
         if fmt == "trl":
             comps = record["completions"]
             labels = record.get("soft_labels", record.get("labels"))
             if not isinstance(comps, list) or not isinstance(labels, list) or len(comps) != len(labels):
                 raise RecordError(path, line, "'completions' and 'labels' must be lists of equal length")
             return {"text": render_prm_input(record["prompt"], comps, step_tag),
-                    "values": [float(v) for v in labels]}
+                    "values": [float(v) for v in labels], "group": record["prompt"]}
         raise RecordError(path, line, f"unknown format {fmt!r}; one of {DATA_FORMATS}")
     except RecordError:
         raise
     except (KeyError, TypeError, ValueError) as e:
         raise RecordError(path, line, f"bad {fmt} record: {e}") from None
+
+
+def held_out(group: str, fraction: float) -> bool:
+    """Whether a problem goes to the held-out split: a stable hash of its id, so every rank
+    and every rerun splits the same way."""
+    import hashlib
+
+    digest = hashlib.sha256(group.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def load_examples(path: str | Path, fmt: str = "auto", eta: float = 2.0, step_tag: str = "ки") -> list[dict[str, Any]]:

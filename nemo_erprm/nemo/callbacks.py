@@ -37,3 +37,4 @@ class StepMetricsLogger(L.Callback):
         if self._val_steps and not trainer.sanity_checking:
             pl_module.log_dict({f"val_{k}": v / self._val_steps for k, v in self._val.items()}, batch_size=1)
             self.last_validation = {k: v / self._val_steps for k, v in self._val.items()}
+            self.last_validation["num_steps"] = self._val_steps

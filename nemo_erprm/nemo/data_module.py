@@ -21,7 +21,7 @@ from nemo.lightning.pytorch.plugins import MegatronDataSampler
 from torch.utils.data import DataLoader, Dataset
 
 from nemo_erprm.data.collate import collate_rows, pack_rows
-from nemo_erprm.data.examples import load_examples
+from nemo_erprm.data.examples import held_out, load_examples
 from nemo_erprm.data.tokenize import add_step_tag_token, tokenize_dataset
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def build_split(
     path: str,
     tokenizer: Any,
     *,
+    select: Optional[Any] = None,
     step_tag: str,
     data_format: str,
     eta: float,
@@ -64,6 +65,12 @@ def build_split(
 ) -> tuple[RowDataset, dict[str, int]]:
     examples = load_examples(path, data_format, eta, step_tag)
     file_id = f"{Path(path).resolve()}:{Path(path).stat().st_size}:{Path(path).stat().st_mtime_ns}:{data_format}:{eta}"
+    if select is not None:  # (name, predicate on the example's group): one side of a split
+        name, keep = select
+        examples = [e for e in examples if keep(e["group"])]
+        file_id += f":{name}"
+        if not examples:
+            raise ValueError(f"{path}: the {name} split is empty (too few problems for data.val_fraction?)")
     ds, counts = tokenize_dataset(examples, tokenizer, step_tag, seq_length, cache_dir, file_id, num_proc)
     samples = [
         {"input_ids": ids, "tag_positions": pos, "targets": tgt, "sample_index": i}
@@ -77,12 +84,55 @@ def build_split(
     return RowDataset(samples, rows), counts
 
 
+class _FromOffsetThenFromStart:
+    """Batch sampler for a run resumed mid-epoch: the first pass starts at the saved offset,
+    every later epoch at the beginning (megatron's sampler would start each epoch at it).
+    Each pass ends with the epoch's last full global batch, as in an uninterrupted run (the
+    inner sampler would also yield the micro-batches of the incomplete last one)."""
+
+    def __init__(self, inner: Any, epoch_samples: int):
+        self.inner, self.epoch_samples = inner, epoch_samples
+
+    def __iter__(self):
+        micro = self.inner.micro_batch_times_data_parallel_size
+        count = (self.epoch_samples - self.inner.consumed_samples) // micro
+        for i, batch in enumerate(self.inner):
+            if i >= count:
+                break
+            yield batch
+        self.inner.consumed_samples = 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class ERPRMDataSampler(MegatronDataSampler):
+    """NeMo's sampler plugin, epoch-aware: a resumed run's consumed samples (counted over all
+    epochs) become an offset inside the current epoch (an epoch = the full global batches of
+    the train split; the incomplete last one is dropped, as in an uninterrupted run)."""
+
+    epoch_samples: int = 0
+
+    def transform_dataloader(self, dataloader: DataLoader, consumed_samples: int = 0) -> DataLoader:
+        if getattr(dataloader, "mode", "train") != "train" or not self.epoch_samples:
+            return super().transform_dataloader(dataloader, consumed_samples)
+        total = self.init_consumed_samples
+        self.init_consumed_samples = total % self.epoch_samples
+        try:
+            loader = super().transform_dataloader(dataloader, consumed_samples)
+        finally:
+            self.init_consumed_samples = total
+        return DataLoader(loader.dataset, batch_sampler=_FromOffsetThenFromStart(loader.batch_sampler, self.epoch_samples),
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+
+
 class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
     def __init__(
         self,
         train_path: str,
         tokenizer: Any,
         val_path: Optional[str] = None,
+        val_fraction: float = 0.0,
         step_tag: str = "ки",
         add_step_tag_token: bool = False,
         data_format: str = "auto",
@@ -98,7 +148,7 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         cache_dir: Optional[str] = None,
     ):
         super().__init__()
-        self.train_path, self.val_path = train_path, val_path
+        self.train_path, self.val_path, self.val_fraction = train_path, val_path, val_fraction
         self.tokenizer = tokenizer
         self.step_tag, self.add_step_tag_token = step_tag, add_step_tag_token
         self.data_format, self.eta = data_format, eta
@@ -108,7 +158,7 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         self.num_workers, self.num_proc, self.cache_dir = num_workers, num_proc, cache_dir
         self.init_global_step = 0
         self.counts: dict[str, dict[str, int]] = {}
-        self.data_sampler = MegatronDataSampler(
+        self.data_sampler = ERPRMDataSampler(
             seq_len=seq_length, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
             dataloader_type="single",
         )
@@ -123,30 +173,48 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         common = dict(step_tag=self.step_tag, data_format=self.data_format, eta=self.eta,
                       seq_length=self.seq_length, packing=self.packing, cache_dir=self.cache_dir,
                       num_proc=self.num_proc)
-        self._train_ds, self.counts["train"] = build_split(
-            self.train_path, tok, shuffle_seed=self.seed if self.shuffle else None, **common)
-        if self.val_path:
+        split_train = None
+        if not self.val_path and self.val_fraction > 0:  # hold out whole problems of the train file
+            split_train = (f"train-{self.val_fraction}", lambda g: not held_out(g, self.val_fraction))
+            self._val_ds, self.counts["validation"] = build_split(
+                self.train_path, tok, shuffle_seed=None, select=(f"validation-{self.val_fraction}", lambda g: held_out(g, self.val_fraction)),
+                **common)
+        elif self.val_path:
             self._val_ds, self.counts["validation"] = build_split(self.val_path, tok, shuffle_seed=None, **common)
+        self._train_ds, self.counts["train"] = build_split(
+            self.train_path, tok, shuffle_seed=self.seed if self.shuffle else None, select=split_train, **common)
+        self.data_sampler.epoch_samples = len(self._train_ds) // self.global_batch_size * self.global_batch_size
         for split, c in self.counts.items():
             logger.info("ER-PRM %s data: %s", split, c)
-        if hasattr(self, "trainer") and self.trainer is not None:
+
+    def _loader(self, ds: RowDataset, mode: str) -> DataLoader:
+        from nemo.lightning.data import WrappedDataLoader
+
+        # Built after a checkpoint is restored: the step a resumed run starts from is known
+        # here (not yet in `setup`), and the sampler counts consumed samples from it. `mode`
+        # tells NeMo's sampler wrapper that only the train loader skips consumed samples.
+        if getattr(self, "trainer", None) is not None:
             self.init_global_step = self.trainer.global_step
             self.data_sampler.init_global_step = self.init_global_step
-
-    def _loader(self, ds: RowDataset) -> DataLoader:
-        return DataLoader(
-            ds,
+        return WrappedDataLoader(
+            mode=mode,
+            dataset=ds,
             num_workers=self.num_workers,
             collate_fn=partial(_collate, seq_length=self.seq_length, pad_id=self.pad_id),
         )
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self._train_ds)
+        return self._loader(self._train_ds, "train")
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
-        return self._loader(self._val_ds) if hasattr(self, "_val_ds") else []
+        return self._loader(self._val_ds, "validation") if hasattr(self, "_val_ds") else []
+
+    @property
+    def num_train_rows(self) -> int:
+        self.setup()
+        return len(self._train_ds)
 
     def state_dict(self) -> dict[str, Any]:
         consumed = self.data_sampler.compute_consumed_samples(self.trainer.global_step - self.init_global_step)

@@ -5,6 +5,10 @@ Per microbatch it returns ``(loss_sum, num_steps, {"stats": ...})``: with the mo
 steps of the whole global batch (summed over microbatches and data-parallel ranks), which
 makes the loss the mean over all labeled steps of the global batch, independent of
 TP/PP/DP and of the microbatch split (see :mod:`nemo_erprm.model.loss`).
+
+``reduce`` (last pipeline stage, once per global batch) also leaves, in ``last_metrics``,
+the real tokens of the global batch (``tokens``, for throughput) and in ``last_sample_ids``
+the ids of the samples it held (all data-parallel ranks), for the resume checks.
 """
 
 from __future__ import annotations
@@ -24,11 +28,21 @@ class ERLossReduction(MegatronLossReduction):
         self.head = head
         self.validation_step = validation_step
         self.last_metrics: dict[str, float] = {}
+        self.last_sample_ids: list[int] = []
+        self._tokens = 0
+        self._sample_ids: list[torch.Tensor] = []
+
+    def start_step(self) -> None:
+        self._tokens, self._sample_ids = 0, []
 
     def forward(self, batch: dict[str, Any], forward_out: torch.Tensor):
         targets = batch["step_targets"][batch["step_mask"]]
         losses, stats = step_stats(forward_out, targets, self.head)
         num_steps = stats[1].clone().to(torch.int)
+        if batch.get("num_tokens") is not None:
+            self._tokens += int(batch["num_tokens"].sum())
+        if batch.get("step_sample") is not None:
+            self._sample_ids.append(batch["step_sample"][batch["step_mask"]].unique().cpu())
         return losses.sum(), num_steps, {"stats": stats}
 
     def reduce(self, losses_reduced_per_micro_batch: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -36,6 +50,16 @@ class ERLossReduction(MegatronLossReduction):
         stats = torch.zeros(STATS_SIZE, dtype=torch.float64, device=device)
         for out in losses_reduced_per_micro_batch:
             stats += out["stats"].to(device=device, dtype=torch.float64)
-        torch.distributed.all_reduce(stats, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        tokens = torch.tensor([float(self._tokens)], dtype=torch.float64, device=device)
+        dp_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+        both = torch.cat([stats, tokens])
+        torch.distributed.all_reduce(both, group=dp_group)
+        stats, tokens = both[:STATS_SIZE], both[STATS_SIZE:]
         self.last_metrics = metrics_from_stats(stats.cpu())
+        self.last_metrics["tokens"] = float(tokens.item())
+        ids = torch.cat(self._sample_ids).tolist() if self._sample_ids else []
+        gathered: list = [None] * torch.distributed.get_world_size(dp_group)
+        torch.distributed.all_gather_object(gathered, ids, group=dp_group)
+        self.last_sample_ids = sorted(i for part in gathered for i in part)
+        self._tokens, self._sample_ids = 0, []
         return torch.tensor(self.last_metrics["loss"], dtype=torch.float32, device=device)

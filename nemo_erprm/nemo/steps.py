@@ -10,7 +10,7 @@ from megatron.core import parallel_state
 
 FIRST_STAGE_KEYS = ("tokens",)
 ALL_STAGE_KEYS = ("attention_mask", "position_ids")  # RoPE reads positions on every stage
-LAST_STAGE_KEYS = ("step_mask", "step_targets", "step_sample")
+LAST_STAGE_KEYS = ("step_mask", "step_targets", "step_sample", "num_tokens")
 PACKED_KEYS = ("cu_seqlens", "cu_seqlens_argmin", "max_seqlen")
 
 

@@ -1,0 +1,146 @@
+"""`TrainConfig`: the training stage's YAML (``conf/erprm_*.yaml``, ``conf/tiny_cpu.yaml``).
+
+Schema defaults <- YAML file <- ``key=value`` overrides (OmegaConf dotlist), type-checked.
+Sections: ``run`` (name, folder, seed), ``model`` (:class:`ModelConfig` plus where the
+weights and tokenizer come from), ``data``, ``optim``, ``trainer``, ``logging``, ``export``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nemo_erprm.errors import ConfigError
+from nemo_erprm.nemo.model_config import ModelConfig
+
+
+@dataclass
+class RunConfig:
+    name: str = "erprm"
+    output_dir: str = "outputs/train"  # the run folder is output_dir/name
+    seed: int = 1234
+
+
+@dataclass
+class TrainModelConfig(ModelConfig):
+    # Initial weights: a PRM checkpoint (tools/convert_hf_checkpoint.py, or a trained run's
+    # checkpoint). Its shape, head, step tag and tokenizer are used; the layout, precision,
+    # FP8 and recompute settings come from this section. null: random init from the shape
+    # fields and `tokenizer` (tests, tiny runs).
+    init_from: Optional[str] = None
+    tokenizer: Optional[str] = None  # HF tokenizer dir, a .gguf file or "smollm2" (random init only)
+    add_step_tag_token: bool = False  # random init only: add `step_tag` as a special token
+
+
+@dataclass
+class DataConfig:
+    train: str = "???"  # labeled records (tools/label_rollouts.py), text_value or trl JSONL
+    validation: Optional[str] = None  # held-out file; else `val_fraction` of the train problems
+    val_fraction: float = 0.05  # held out by problem id (all trajectories of a problem together)
+    format: str = "auto"  # auto | canonical | text_value | trl
+    eta: float = 2.0  # which ER label of canonical records (2: Mistral data, 10: DeepSeek data)
+    packing: bool = True
+    micro_batch_size: int = 1
+    global_batch_size: int = 64
+    num_workers: int = 0
+    num_proc: Optional[int] = None  # tokenization workers
+    shuffle: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.0e-6  # paper; sweep {5e-6, 2e-6, 1e-6, 5e-7}
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    warmup_ratio: float = 0.03  # of max steps, linear warmup, then cosine to min_lr
+    distributed_optimizer: Optional[bool] = None  # null: on with GPUs, off on the CPU backend
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: float = 1.0  # the paper's single epoch; max_steps wins when set
+    max_steps: Optional[int] = None
+    val_check_interval: int = 50  # validate every k optimizer steps (and at the end)
+    limit_val_batches: Optional[int] = None  # null: the whole held-out split
+    checkpoint_every_n_steps: int = 100
+    keep_checkpoints: int = 2  # most recent kept (plus `last`)
+    devices: Optional[int] = None  # per node; null: tp*pp (CPU) or every visible GPU
+    num_nodes: int = 1
+    log_every_n_steps: int = 1
+    stop_after_steps: Optional[int] = None  # end this invocation after k steps, with a checkpoint
+    validate_only: bool = False  # evaluate `model.init_from` on the held-out split, no training
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None  # W&B when set (needs wandb installed and logged in)
+    sample_ids: bool = False  # write the sample ids of every step to samples.jsonl (resume checks)
+
+
+@dataclass
+class ExportConfig:
+    hf: bool = False  # export the final checkpoint to HF (run_dir/hf) after training
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def validate(self) -> "TrainConfig":
+        self.model.validate()
+        if self.model.init_from is None and self.model.tokenizer is None:
+            raise ConfigError("model: set init_from (a PRM checkpoint) or tokenizer (random init)")
+        if self.model.init_from is not None and not Path(self.model.init_from).is_dir():
+            raise ConfigError(f"model.init_from: {self.model.init_from} is not a directory")
+        if not Path(self.data.train).exists():
+            raise ConfigError(f"data.train: {self.data.train} does not exist")
+        if self.data.validation is not None and not Path(self.data.validation).exists():
+            raise ConfigError(f"data.validation: {self.data.validation} does not exist")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction must be in [0, 1)")
+        if self.data.global_batch_size % self.data.micro_batch_size:
+            raise ConfigError("data.global_batch_size must be a multiple of data.micro_batch_size")
+        if self.optim.lr <= 0 or not 0.0 <= self.optim.warmup_ratio < 1.0:
+            raise ConfigError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
+        if self.trainer.validate_only and self.model.init_from is None:
+            raise ConfigError("trainer.validate_only needs model.init_from (the checkpoint to evaluate)")
+        return self
+
+
+def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    parts = [OmegaConf.structured(TrainConfig)]
+    try:
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"--config {path}: no such file")
+            parts.append(OmegaConf.load(path))
+        if overrides:
+            parts.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(*parts))
+    except OmegaConfBaseException as e:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
+    assert isinstance(cfg, TrainConfig)
+    return cfg.validate()
+
+
+def dump_train_config(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
