@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Best-of-N scoring throughput: our one-forward scorer vs one forward per step prefix.
+
+Both score the same candidates (the first ``--problems`` problems of the shared GSM8K
+Best-of-4 set) with the same model: the embedded SmolLM2-135M converted to a PRM
+(``lm_tokens`` head, megatron-core on the CPU backend), converted here into a temporary
+folder unless ``--ckpt`` names one. The baseline is how TRL / RLHFlow score a solution: one
+forward of ``question + steps[:k]`` per step k, reading the last tag. Ours reads every tag of
+the full solution in one forward, batched. Same verdicts: the step scores agree (max
+difference printed) and both pick the same Best-of-4 candidate under ``min``.
+
+Prints candidates/s of each and the ratio (target: at least the mean number of steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", help="PRM checkpoint (default: SmolLM2 converted into a temp folder)")
+    p.add_argument("--problems", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = args.ckpt
+        if ckpt is None:
+            ckpt = str(Path(tmp) / "prm_smollm2")
+            subprocess.run([sys.executable, str(REPO / "tools" / "convert_hf_checkpoint.py"), "--hf-dir", "smollm2",
+                            "--out", ckpt, "--add-step-tag-token"], check=True, capture_output=True)
+        from nemo_erprm.eval.aggregate import pick_accuracy
+        from nemo_erprm.eval.candidates import load_candidates
+        from nemo_erprm.eval.scorers import MegatronPRMScorer, PrefixScorer
+        from nemo_erprm.labeling.segmentation import SegmentationConfig
+
+        scorer = MegatronPRMScorer(ckpt)
+        problems, _ = load_candidates(REPO.parent / "shared" / "data" / "bon" / "gsm8k_test_4_model_solutions.jsonl",
+                                      segmentation=SegmentationConfig(step_tag=scorer.step_tag), limit=args.problems)
+        items = [(pr.question, c.steps) for pr in problems for c in pr.candidates]
+        mean_steps = sum(len(s) for _, s in items) / len(items)
+        scorer.score_batch(items[:2])  # warm-up
+
+        t = time.perf_counter()
+        ours = []
+        for b in range(0, len(items), args.batch_size):
+            ours += scorer.score_batch(items[b: b + args.batch_size])
+        t_ours = time.perf_counter() - t
+
+        prefix = PrefixScorer(scorer)
+        t = time.perf_counter()
+        base = prefix.score_batch(items)
+        t_base = time.perf_counter() - t
+
+    diff = max(abs(a - b) for x, y in zip(ours, base) for a, b in zip(x, y))
+    picks_same = True
+    at = 0
+    for pr in problems:
+        k = len(pr.candidates)
+        mins_o = [min(s) for s in ours[at: at + k]]
+        mins_b = [min(s) for s in base[at: at + k]]
+        correct = [bool(c.correct) for c in pr.candidates]
+        picks_same &= pick_accuracy(mins_o, correct) == pick_accuracy(mins_b, correct)
+        at += k
+    rate_ours, rate_base = len(items) / t_ours, len(items) / t_base
+    ratio = rate_ours / rate_base
+    print(f"{len(items)} candidates ({len(problems)} problems), mean {mean_steps:.2f} steps, "
+          f"{args.threads} threads, SmolLM2-135M PRM on megatron-core (CPU backend)")
+    print(f"one forward per candidate (batch {args.batch_size}): {rate_ours:7.2f} candidates/s")
+    print(f"one forward per step prefix (baseline):   {rate_base:7.2f} candidates/s")
+    print(f"max step-score difference: {diff:.2e}; same Best-of-4 picks (min): {picks_same}")
+    ok = ratio >= mean_steps and diff < 1e-4 and picks_same
+    print(f"speed-up {ratio:.2f}x (target >= mean steps {mean_steps:.2f}x): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

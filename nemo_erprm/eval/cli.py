@@ -1,0 +1,203 @@
+"""``python tools/best_of_n.py``: Best-of-N (and ProcessBench-style step) evaluation of a PRM.
+
+    # no model: random, oracle and majority vote from the file's candidates (graded by us)
+    python tools/best_of_n.py --candidates ../shared/data/bon/gsm8k_test_4_model_solutions.jsonl --scorer none --out outputs/bon/none
+    # a PRM checkpoint (megatron, any training layout) or its HF export
+    python tools/best_of_n.py --candidates FILE --scorer outputs/train/NAME/checkpoints/step=...-last --out DIR
+    # sample the candidates first with a labeling backend (hf on CPU/GPU, vllm on GPU)
+    python tools/best_of_n.py --generate 8 --policy smollm2 --problems ../shared/data/gsm8k/test.jsonl --limit 20 --scorer DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nemo_erprm.errors import ConfigError, run_reporting_errors
+
+DEFAULT_AGGREGATIONS = ("min", "last", "mean", "product", "geomean")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="best_of_n.py", description="Best-of-N evaluation of an ER-PRM.")
+    src = p.add_argument_group("candidates")
+    src.add_argument("--candidates", help="candidate file (layouts: bon4, rlhflow, ours; see nemo_erprm.eval.candidates)")
+    src.add_argument("--layout", default="auto", choices=["auto", "bon4", "rlhflow", "ours"])
+    src.add_argument("--generate", type=int, metavar="N", help="sample N candidates per problem instead")
+    src.add_argument("--policy", default="smollm2", help="with --generate: HF dir, .gguf or 'smollm2'")
+    src.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="with --generate")
+    src.add_argument("--problems", help="with --generate: problems file (GSM8K or MATH layout)")
+    src.add_argument("--problems-format", default="gsm8k", choices=["gsm8k", "math"])
+    src.add_argument("--max-new-tokens", type=int, default=320)
+    src.add_argument("--temperature", type=float, default=0.7)
+    src.add_argument("--limit", type=int, help="first K problems only")
+    src.add_argument("--keep-calculator-annotations", action="store_true",
+                     help="keep GSM8K '<<a*b=c>>' annotations in candidates (removed by default, as in training)")
+    src.add_argument("--segmentation-rule", default="newline", choices=["newline", "blank_line", "sentence"])
+    p.add_argument("--scorer", required=True, help="'none', a PRM checkpoint (weights/ + context/) or an HF export")
+    p.add_argument("--out", required=True, help="output folder (report.json, report.md, best_of_n.png, "
+                   "candidates_scored.jsonl, scores_cache.jsonl)")
+    p.add_argument("--aggregation", default=",".join(DEFAULT_AGGREGATIONS),
+                   help=f"comma-separated, from {DEFAULT_AGGREGATIONS}")
+    p.add_argument("--n-max", type=int, help="largest N (default: the fewest candidates of any problem)")
+    p.add_argument("--subsets", type=int, default=200, help="random subsets per problem and N (all if fewer exist)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=4096, help="tokens per scored solution")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="scorer dtype (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--processbench", help="also evaluate steps on a ProcessBench-format file")
+    p.add_argument("--processbench-threshold-split", help="ProcessBench-format file to choose the threshold on")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def generate_candidates(args: argparse.Namespace, out_dir: Path) -> Path:
+    """Sample candidates with a labeling backend; written as an 'ours' candidate file."""
+    from nemo_erprm.jsonl import write_jsonl_atomic
+    from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
+    from nemo_erprm.labeling.problems import InputConfig, load_problems
+
+    if not args.problems:
+        raise ConfigError("--generate needs --problems FILE")
+    problems = load_problems(InputConfig(path=args.problems, format=args.problems_format, limit=args.limit), "ки")
+    sampling = SamplingConfig(n=args.generate, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    backend = build_backend(BackendConfig(name=args.backend, model=args.policy), sampling, PromptConfig())
+    records = []
+    for i, prob in enumerate(problems):
+        texts = backend.generate([backend.format_prompt(prob.question)], args.generate, seed=args.seed + i)[0]
+        records.append({"id": prob.id, "question": prob.question, "gold": prob.gold, "candidates": texts})
+        if not args.no_progress:
+            print(f"generated {i + 1}/{len(problems)}", file=sys.stderr)
+    backend.close()
+    path = out_dir / "candidates.jsonl"
+    write_jsonl_atomic(path, records)
+    return path
+
+
+def score_all(scorer, items, cache_path: Path, batch_size: int, progress: bool, label: str):
+    from tqdm import tqdm
+
+    from nemo_erprm.eval.cache import ScoreCache
+
+    cache = ScoreCache(cache_path)
+    bar = tqdm(total=len(items), desc=label, unit="cand", disable=not progress)
+    try:
+        return cache.score(scorer.fingerprint, items, scorer.score_batch, batch_size, progress=bar.update)
+    finally:
+        bar.close()
+        cache.close()
+
+
+def run(args: argparse.Namespace) -> dict:
+    from nemo_erprm.eval.best_of_n import best_of_n_curves
+    from nemo_erprm.eval.candidates import load_candidates
+    from nemo_erprm.eval.report import curves_json, file_sha256, write_report
+    from nemo_erprm.eval.scorers import describe_scorer, load_scorer
+    from nemo_erprm.labeling.segmentation import SegmentationConfig
+
+    aggregations = [a.strip() for a in args.aggregation.split(",") if a.strip()]
+    unknown = sorted(set(aggregations) - set(DEFAULT_AGGREGATIONS))
+    if unknown or not aggregations:
+        raise ConfigError(f"--aggregation: unknown {unknown}; choose from {DEFAULT_AGGREGATIONS}")
+    if bool(args.candidates) == bool(args.generate):
+        raise ConfigError("give either --candidates FILE or --generate N (with --problems)")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    candidates_path = Path(args.candidates) if args.candidates else generate_candidates(args, out_dir)
+
+    scorer = load_scorer(args.scorer, args.max_length, args.dtype)
+    step_tag = scorer.step_tag if scorer is not None else "ки"
+    seg = SegmentationConfig(rule=args.segmentation_rule, step_tag=step_tag)
+    problems, load_report = load_candidates(candidates_path, args.layout, seg,
+                                            strip_calculator=not args.keep_calculator_annotations, limit=args.limit)
+    unknown_truth = [p.line for p in problems if any(c.correct is None for c in p.candidates)]
+    if unknown_truth:
+        raise ConfigError(f"{candidates_path}: line {unknown_truth[0]} (and {len(unknown_truth) - 1} more): no gold "
+                          f"answer and no labels, so correctness is unknown")
+    print(f"{load_report.problems} problems, {load_report.candidates} candidates ({load_report.layout}); "
+          f"{load_report.label_disagreements} disagreements between our grader and the file's labels", file=sys.stderr)
+
+    step_scores = None
+    if scorer is not None:
+        items = [(p.question, c.steps) for p in problems for c in p.candidates]
+        flat = score_all(scorer, items, out_dir / "scores_cache.jsonl", args.batch_size, not args.no_progress, "scoring")
+        step_scores, at = [], 0
+        for p in problems:
+            step_scores.append(flat[at: at + len(p.candidates)])
+            at += len(p.candidates)
+    curves = best_of_n_curves(problems, step_scores, aggregations, args.n_max, args.subsets, args.bootstrap, args.seed)
+    write_candidate_scores(out_dir / "candidates_scored.jsonl", problems, step_scores, aggregations)
+
+    report = {
+        "data": {"path": str(candidates_path), "sha256": file_sha256(candidates_path), **vars(load_report)},
+        "scorer": None if scorer is None else {**describe_scorer(args.scorer), "fingerprint": scorer.fingerprint},
+        "config": {k: v for k, v in vars(args).items()},
+        "best_of_n": curves_json(curves),
+    }
+    if args.processbench:
+        report["processbench"] = processbench(args, scorer, out_dir)
+    report["seconds"] = round(time.time() - started, 1)
+    paths = write_report(out_dir, report, curves)
+    print_summary(curves)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return report
+
+
+def write_candidate_scores(path: Path, problems, step_scores, aggregations) -> None:
+    """Per problem and candidate: answer, correctness and (with a PRM) step and aggregated scores."""
+    from nemo_erprm.eval.aggregate import aggregate
+    from nemo_erprm.jsonl import write_jsonl_atomic
+
+    rows = []
+    for j, p in enumerate(problems):
+        cands = []
+        for c_idx, c in enumerate(p.candidates):
+            row = {"source": c.source, "answer": c.answer, "correct": c.correct, "num_steps": len(c.steps)}
+            if step_scores is not None:
+                s = step_scores[j][c_idx]
+                row["step_scores"] = s
+                row["aggregated"] = {a: aggregate(s, a) for a in aggregations}
+            cands.append(row)
+        rows.append({"id": p.id, "line": p.line, "gold": p.gold, "candidates": cands})
+    write_jsonl_atomic(path, rows)
+
+
+def processbench(args: argparse.Namespace, scorer, out_dir: Path) -> dict:
+    from nemo_erprm.eval.processbench import evaluate_steps, load_processbench
+
+    if scorer is None:
+        raise ConfigError("--processbench needs a PRM (--scorer), not 'none'")
+    samples = load_processbench(args.processbench)
+    scores = score_all(scorer, [(s.problem, s.steps) for s in samples], out_dir / "scores_cache.jsonl",
+                       args.batch_size, not args.no_progress, "step eval")
+    split_samples = split_scores = None
+    if args.processbench_threshold_split:
+        split_samples = load_processbench(args.processbench_threshold_split)
+        split_scores = score_all(scorer, [(s.problem, s.steps) for s in split_samples],
+                                 out_dir / "scores_cache.jsonl", args.batch_size, not args.no_progress, "threshold split")
+    result = evaluate_steps(samples, scores, split_samples, split_scores)
+    result["path"] = args.processbench
+    return result
+
+
+def print_summary(curves) -> None:
+    ns = [p.n for p in next(iter(curves.values()))]
+    print("method".ljust(18) + "".join(f"N={n}".rjust(9) for n in ns))
+    for m, pts in curves.items():
+        print(m.ljust(18) + "".join(f"{p.accuracy:9.3f}" for p in pts))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
