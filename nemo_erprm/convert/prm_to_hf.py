@@ -25,7 +25,7 @@ from nemo_erprm.errors import ConfigError
 PRM_CONFIG_FILE = "prm_config.json"
 
 
-def hf_config_for(ckpt: Path, cfg: Any):
+def hf_config_for(ckpt: Path, cfg: Any, vocab_rows: int):
     """The transformers config of the backbone, translated by NeMo's exporter of the family."""
     from nemo_erprm.nemo import config as C
 
@@ -39,7 +39,7 @@ def hf_config_for(ckpt: Path, cfg: Any):
         raise ConfigError(f"{ckpt}: no HF exporter for {type(cfg).__name__}")
     hf_cfg = Exporter(str(ckpt)).config
     hf_cfg.tie_word_embeddings = bool(cfg.share_embeddings_and_output_weights)
-    hf_cfg.vocab_size = cfg.vocab_size
+    hf_cfg.vocab_size = vocab_rows  # the embedding's rows (padded when the config left vocab_size unset)
     return hf_cfg
 
 
@@ -55,7 +55,7 @@ def export_prm_to_hf(ckpt: str, out_dir: str) -> Path:
     ckpt_path, out = Path(ckpt), Path(out_dir)
     modules, cfg, tokenizer = load_prm_modules(ckpt_path, 1, 1)
     module = modules[0]
-    hf_cfg = hf_config_for(ckpt_path, cfg)
+    hf_cfg = hf_config_for(ckpt_path, cfg, module.embedding.word_embeddings.weight.shape[0])
     tied = bool(cfg.share_embeddings_and_output_weights)
     mapping = M.megatron_to_hf_mapping(module.state_dict().keys(), tied)
     transforms = M.megatron_to_hf_transforms(qkv_bias=getattr(cfg, "add_qkv_bias", False))

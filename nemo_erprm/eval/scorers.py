@@ -73,8 +73,9 @@ class MegatronPRMScorer:
         samples = []
         for question, steps in items:
             ex = self.step_tokenizer(render_prm_input(question, steps, self.step_tag), [0.0] * len(steps))
-            if ex is None:
-                raise ConfigError(f"no step of {question[:40]!r}... fits in {self.step_tokenizer.seq_length} tokens")
+            if ex is None or len(ex.tag_positions) != len(steps):
+                raise ConfigError(f"a solution of {question[:40]!r}... does not fit in --max-length "
+                                  f"{self.step_tokenizer.seq_length} tokens with all its {len(steps)} steps")
             samples.append({"input_ids": ex.input_ids, "tag_positions": ex.tag_positions, "targets": ex.targets})
         width = max(len(s["input_ids"]) for s in samples)
         batch = collate_rows([[s] for s in samples], width, self.pad_id)

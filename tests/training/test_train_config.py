@@ -1,0 +1,48 @@
+"""Training configs: the paper recipes resolve with their hyper-parameters and H100 layouts;
+bad values fail with the key named."""
+
+from pathlib import Path
+
+import pytest
+
+from nemo_erprm.errors import ConfigError
+from nemo_erprm.training.config import load_train_config
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = ["erprm_mistral_7b", "erprm_deepseek_math_7b", "erprm_llama3_8b", "erprm_qwen2.5_math_7b"]
+
+
+@pytest.fixture
+def existing(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "records.jsonl").write_text("{}\n")
+    return [f"model.init_from={tmp_path / 'ckpt'}", f"data.train={tmp_path / 'records.jsonl'}",
+            "model.transformer_impl=local"]  # no Transformer Engine on CPU machines
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_paper_recipes(recipe, existing):
+    cfg = load_train_config(str(REPO / "conf" / f"{recipe}.yaml"), existing)
+    assert cfg.optim.lr == 1e-6 and cfg.data.global_batch_size == 64 and cfg.model.seq_length == 512
+    assert cfg.trainer.max_epochs == 1 and 0 < cfg.optim.warmup_ratio < 0.1
+    assert cfg.model.head == "lm_tokens" and cfg.model.step_tag == "ки"
+    layout = cfg.model.tensor_model_parallel_size * cfg.model.pipeline_model_parallel_size
+    assert 8 % layout == 0 and (64 // (8 // layout)) % cfg.data.micro_batch_size == 0
+    assert cfg.data.eta == (10 if "deepseek" in recipe or "qwen" in recipe else 2)
+    assert cfg.model.fp8 is None  # FP8 is one toggle away (model.fp8=hybrid)
+
+
+def test_fp8_recipe_without_transformer_engine_is_refused(existing):
+    with pytest.raises(ConfigError, match="fp8"):
+        load_train_config(str(REPO / "conf" / "erprm_mistral_7b.yaml"), existing + ["model.fp8=hybrid"])
+
+
+def test_bad_values_name_the_key(existing, tmp_path):
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_train_config(str(REPO / "conf" / "erprm_mistral_7b.yaml"), existing + ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="data.train"):
+        load_train_config(str(REPO / "conf" / "tiny_cpu.yaml"), [f"data.train={tmp_path / 'missing.jsonl'}"])
+    with pytest.raises(ConfigError, match="global_batch_size"):
+        load_train_config(str(REPO / "conf" / "tiny_cpu.yaml"), ["data.global_batch_size=5"])
+    with pytest.raises(ConfigError, match="no such file"):
+        load_train_config(str(tmp_path / "nope.yaml"))
