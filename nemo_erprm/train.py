@@ -169,7 +169,7 @@ def run(cfg: TrainConfig) -> Path:
     from nemo_erprm.nemo.data_module import ERPRMDataModule
     from nemo_erprm.nemo.model import ERPRMModel
     from nemo_erprm.nemo.model_config import PRECISIONS, build_precision_plugin
-    from nemo_erprm.training.callbacks import StopAfterSteps, TrainingMetrics
+    from nemo_erprm.training.callbacks import FinalCheckpoint, StopAfterSteps, TrainingMetrics
 
     prepare_run_dir(cfg)
     run_dir = cfg.run_dir
@@ -194,10 +194,15 @@ def run(cfg: TrainConfig) -> Path:
     )
     steps_per_epoch = data.num_train_rows // d.global_batch_size
     max_steps = t.max_steps or math.floor(t.max_epochs * steps_per_epoch)
-    if max_steps < 1 and not t.validate_only:
-        raise ConfigError(f"data.train: {data.num_train_rows} rows make no full global batch of "
-                          f"{d.global_batch_size}; lower data.global_batch_size or add data")
+    if (steps_per_epoch < 1 or max_steps < 1) and not t.validate_only:
+        raise ConfigError(f"data.train: {data.num_train_rows} rows ({'packed' if d.packing else 'one sample each'}) "
+                          f"make no full global batch of {d.global_batch_size}; lower data.global_batch_size, "
+                          f"turn data.packing off or add data")
 
+    val_rows = data.counts.get("validation", {}).get("rows", 0)
+    if data.has_validation and val_rows < d.global_batch_size and global_rank() == 0:
+        print(f"warning: the held-out split has {val_rows} rows, fewer than a global batch of "
+              f"{d.global_batch_size}: validation will not run (raise data.val_fraction)", flush=True)
     if global_rank() == 0:
         summary = {"splits": data.counts, "steps_per_epoch": steps_per_epoch, "max_steps": max_steps,
                    "global_batch_size": d.global_batch_size}
@@ -241,6 +246,7 @@ def run(cfg: TrainConfig) -> Path:
         TrainingMetrics(str(run_dir), t.log_every_n_steps, cfg.logging.sample_ids, d.global_batch_size),
         PreemptionCallback(signal.SIGUSR1),
         PreemptionCallback(signal.SIGTERM),
+        FinalCheckpoint(),
     ]
     if t.stop_after_steps:
         callbacks.append(StopAfterSteps(t.stop_after_steps))
@@ -251,7 +257,9 @@ def run(cfg: TrainConfig) -> Path:
         max_steps=max(max_steps, 1),
         val_check_interval=min(t.val_check_interval, max(max_steps, 1)),
         check_val_every_n_epoch=None,  # validate every k optimizer steps, across epochs
-        limit_val_batches=t.limit_val_batches if t.limit_val_batches is not None else 1.0,
+        # no held-out split (data.val_fraction=0, no data.validation): no validation loop at all
+        limit_val_batches=0 if not data.has_validation else (
+            t.limit_val_batches if t.limit_val_batches is not None else 1.0),
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
         use_distributed_sampler=False,

@@ -212,6 +212,11 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         return self._loader(self._val_ds, "validation") if hasattr(self, "_val_ds") else []
 
     @property
+    def has_validation(self) -> bool:
+        self.setup()
+        return hasattr(self, "_val_ds")
+
+    @property
     def num_train_rows(self) -> int:
         self.setup()
         return len(self._train_ds)

@@ -166,3 +166,15 @@ class StopAfterSteps(L.Callback):
         ckpt = trainer.checkpoint_callback
         if ckpt is not None:
             ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+
+
+class FinalCheckpoint(L.Callback):
+    """The run always ends with a checkpoint of its last step. (NeMo's ModelCheckpoint skips the
+    end-of-training save when the last step is a multiple of the validation interval, counting
+    on a validation-time save that does not happen without a held-out split.)"""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None or trainer.global_step == 0 or ckpt._last_global_step_saved == trainer.global_step:
+            return
+        ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
