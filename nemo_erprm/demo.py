@@ -1,122 +1,190 @@
-"""`make demo`: the ER-PRM pipeline on CPU with the embedded SmolLM2-135M-Instruct.
+"""`make demo`: the whole ER-PRM pipeline on CPU with the embedded SmolLM2-135M-Instruct.
 
-Each stage runs the same command a user runs (printed before it starts), with its config in
-conf/demo/. Finished stages are reused: a stage's tool resumes from its output folder, so a
-rerun only does what is missing. ``--fresh`` starts over.
+    python -m nemo_erprm.demo [--fresh] [--out outputs/demo] [key=value ...]   # keys: conf/demo/demo.yaml
 
-Stages so far: 1. label (tools/label_rollouts.py), 2. convert SmolLM2 into the PRM checkpoint
-(tools/convert_hf_checkpoint.py, both heads). Training and evaluation join as they land.
+1. label    tools/label_rollouts.py --config conf/demo/label.yaml: ER labels (eta 0, 2, 10, inf
+            from the same rollouts) for the first GSM8K train problems; the reference
+            solutions' steps are the trajectories, SmolLM2 samples the per-step completions.
+2. convert  tools/convert_hf_checkpoint.py: SmolLM2 -> megatron PRM checkpoints (both heads;
+            the demo trains the paper's lm_tokens head).
+3. train    python -m nemo_erprm.train --config conf/demo/train.yaml: a few dozen NeMo steps on
+            the CPU backend.
+4. evaluate tools/best_of_n.py: Best-of-4 on the first GSM8K test problems of the shared set,
+            the trained PRM vs the untrained one, random, majority vote and oracle.
+5. report   outputs/demo/report.md with PNG plots; a short table on the console.
+
+Each stage runs the command a user runs (printed first, with a time estimate). A finished
+stage is reused while its settings are unchanged (``.stages/<stage>.json`` in the output
+folder records them); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_CONF = REPO / "conf" / "demo"
+# Measured on 2 CPU cores with SmolLM2-135M (estimates printed before each stage)
+SECONDS_PER = {"label_problem": 17.0, "convert": 45.0, "train_step": 2.5, "train_start": 40.0,
+               "scored_candidate": 0.7, "eval_start": 25.0}
 
 
-def run_stage(name: str, cmd: list[str]) -> float:
-    printable = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
-    print(f"\n=== stage {name}: {printable}", flush=True)
-    start = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    seconds = time.time() - start
-    print(f"=== stage {name} done in {seconds:.1f}s", flush=True)
-    return seconds
+@dataclass
+class DemoConfig:
+    policy: str = "smollm2"
+    backbone: str = "smollm2"
+    label_problems: int = 12
+    train_steps: int = 30
+    bon_candidates: str = "../shared/data/bon/gsm8k_test_4_model_solutions.jsonl"
+    bon_problems: int = 40
+    bon_aggregation: str = "min"
 
 
-def histogram_table(summary: dict) -> list[str]:
-    lines = ["| eta | " + " | ".join(f"[{b / 10:.1f},{(b + 1) / 10:.1f})" for b in range(10)) + " |",
-             "|---|" + "---|" * 10]
-    names = {"0": "0 (soft MC mean)", "inf": "inf (hard max)"}
-    for key, hist in summary["label_histogram"].items():
-        lines.append(f"| {names.get(key, key)} | " + " | ".join(str(h) for h in hist) + " |")
-    return lines
+def load_demo_config(overrides: list[str]) -> DemoConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(DemoConfig), OmegaConf.load(DEMO_CONF / "demo.yaml"),
+                             OmegaConf.from_dotlist(overrides))
+    return OmegaConf.to_object(merged)
 
 
-def main(argv: list[str] | None = None) -> int:
+class Stages:
+    """Runs stages, times them, and reuses a finished one while its settings are unchanged."""
+
+    def __init__(self, out: Path, embedded: bool):
+        self.out, self.embedded = out, embedded
+        self.times: dict[str, float] = {}
+        (out / ".stages").mkdir(parents=True, exist_ok=True)
+
+    def _key_file(self, name: str) -> Path:
+        return self.out / ".stages" / f"{name}.json"
+
+    def done(self, name: str, settings: dict[str, Any], produced: Callable[[], bool]) -> bool:
+        f = self._key_file(name)
+        return f.exists() and json.loads(f.read_text()) == settings and produced()
+
+    def run(self, name: str, settings: dict[str, Any], cmd: list[str], output: Optional[Path],
+            estimate_s: float, produced: Callable[[], bool]) -> None:
+        """``produced()``: whether the stage's result is there (checked before reuse and after a run)."""
+        if self.done(name, settings, produced):
+            print(f"\n=== {name}: reusing finished outputs ({output})", flush=True)
+            self.times[name] = 0.0
+            return
+        self._key_file(name).unlink(missing_ok=True)
+        if output is not None and output.exists():
+            shutil.rmtree(output)  # other settings, or an interrupted run of this stage: redo it
+        printable = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
+        eta = f" (about {estimate_s / 60:.1f} min on 2 CPU cores)" if self.embedded else ""
+        print(f"\n=== {name}{eta}: {printable}", flush=True)
+        start = time.time()
+        subprocess.run(cmd, cwd=REPO, check=True)
+        self.times[name] = time.time() - start
+        if not produced():
+            raise RuntimeError(f"stage {name} finished without its result in {output}")
+        self._key_file(name).write_text(json.dumps(settings))
+        print(f"=== {name} done in {self.times[name]:.1f}s", flush=True)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    found = sorted((run_dir / "checkpoints").glob("*-last"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise RuntimeError(f"{run_dir}/checkpoints: training left no checkpoint")
+    return found[-1]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="demo output folder")
     p.add_argument("--fresh", action="store_true", help="delete previous demo outputs first")
-    p.add_argument("--label-config", default="conf/demo/label.yaml")
-    p.add_argument("overrides", nargs="*", help="overrides for the label stage, e.g. input.limit=3")
+    p.add_argument("overrides", nargs="*", help="key=value for conf/demo/demo.yaml, e.g. bon_problems=20")
     args = p.parse_args(argv)
+    cfg = load_demo_config(args.overrides)
 
     out = (REPO / args.out).resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    labels_dir = out / "labels"
-    times: dict[str, float] = {}
+    embedded = cfg.policy == "smollm2" and cfg.backbone == "smollm2"
+    stages = Stages(out, embedded)
     started = time.time()
+    py = sys.executable
 
-    times["label"] = run_stage(
-        "label",
-        [sys.executable, "tools/label_rollouts.py", "--config", args.label_config,
-         f"output.dir={labels_dir}", *args.overrides],
-    )
-    # Stage 2: SmolLM2 -> megatron ERPRM checkpoints. "ки" is not one SmolLM2 token: it is added
-    # as a special token (one new embedding row), exactly as a user would for this model.
+    # 1. label
+    labels = out / "labels"
+    stages.run("1. label", {"policy": cfg.policy, "problems": cfg.label_problems,
+                            "config": file_digest(DEMO_CONF / "label.yaml")},
+               [py, "tools/label_rollouts.py", "--config", "conf/demo/label.yaml", f"output.dir={labels}",
+                f"input.limit={cfg.label_problems}", f"backend.model={cfg.policy}"],
+               labels, cfg.label_problems * SECONDS_PER["label_problem"],
+               produced=lambda: (labels / "summary.shard-00000-of-00001.json").exists())
+    records = labels / "records.shard-00000-of-00001.jsonl"
+
+    # 2. convert ("ки" is not one SmolLM2 token: it becomes a special token, one new embedding row)
     ckpts = {}
     for head in ("lm_tokens", "scalar"):
-        ckpt = out / f"prm_smollm2_{head}"
-        if (ckpt / "prm_config.json").exists():
-            print(f"\n=== stage convert ({head}): reusing {ckpt}")
-            times[f"convert_{head}"] = 0.0
-        else:
-            if ckpt.exists():
-                shutil.rmtree(ckpt)  # an interrupted earlier run: start this stage over
-            times[f"convert_{head}"] = run_stage(
-                f"convert ({head})",
-                [sys.executable, "tools/convert_hf_checkpoint.py", "--hf-dir", "smollm2", "--out", str(ckpt),
-                 "--head", head, "--add-step-tag-token"],
-            )
-        ckpts[head] = json.loads((ckpt / "prm_config.json").read_text())
-    records = labels_dir / "records.shard-00000-of-00001.jsonl"
-    summary = json.loads((labels_dir / "summary.shard-00000-of-00001.json").read_text())
-    cfg = OmegaConf.load(REPO / args.label_config)
+        ckpts[head] = out / f"prm_{head}"
+        stages.run(f"2. convert ({head})", {"backbone": cfg.backbone, "head": head},
+                   [py, "tools/convert_hf_checkpoint.py", "--hf-dir", cfg.backbone, "--out", str(ckpts[head]),
+                    "--head", head, "--add-step-tag-token"],
+                   ckpts[head], SECONDS_PER["convert"], produced=lambda h=head: (ckpts[h] / "prm_config.json").exists())
 
-    report = out / "report.md"
-    lines = [
-        "# nemo-erprm demo report",
-        "",
-        "## 1. Labels",
-        "",
-        f"- Problems: {summary['problems']} GSM8K train problems (`{cfg.input.path}`), "
-        f"{summary['records']} trajectories, {summary['steps']} steps "
-        f"(mean {summary['mean_steps']:.2f} per solution).",
-        "- Trajectories are the GSM8K reference solutions (a 135M model rarely solves GSM8K); "
-        f"SmolLM2-135M-Instruct sampled N={cfg.sampling.n} completions from every step prefix "
-        f"(temperature {cfg.sampling.temperature}, at most {cfg.sampling.max_new_tokens} new tokens), "
-        "each graded against the gold answer; the last step is labeled with the solution's outcome.",
-        f"- Records: `{records}`",
-        "",
-        "Label histogram per eta (number of steps per label bin):",
-        "",
-        *histogram_table(summary),
-        "",
-        "## 2. PRM checkpoints",
-        "",
-        *[f"- `{head}` head: `{out / f'prm_smollm2_{head}'}` (step tag {m['step_tag']!r} = token id "
-          f"{m['step_tag_id']}, added as a special token: {m['step_tag_added']}"
-          + (f"; '+' = {m['plus_token_id']}, '-' = {m['minus_token_id']})" if head == 'lm_tokens' else ")")
-          for head, m in ckpts.items()],
-        "",
-        "Stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()),
-        "",
-    ]
-    report.write_text("\n".join(lines))
-    print("\n" + "\n".join(histogram_table(summary)))
-    print(f"\nrecords: {records}\nreport:  {report}\ntotal time: {time.time() - started:.1f}s")
+    # 3. train
+    train_root = out / "train"
+    stages.run("3. train", {"records": file_digest(records), "backbone": cfg.backbone, "steps": cfg.train_steps,
+                            "config": file_digest(DEMO_CONF / "train.yaml")},
+               [py, "-m", "nemo_erprm.train", "--config", "conf/demo/train.yaml", f"run.output_dir={train_root}",
+                f"model.init_from={ckpts['lm_tokens']}", f"data.train={records}",
+                f"trainer.max_steps={cfg.train_steps}"],
+               train_root, SECONDS_PER["train_start"] + cfg.train_steps * SECONDS_PER["train_step"],
+               produced=lambda: any((train_root / "smollm2_prm" / "checkpoints").glob("*-last")))
+    run_dir = train_root / "smollm2_prm"
+    trained = last_checkpoint(run_dir)
+
+    # 4. evaluate: the first problems of the Best-of-4 test set
+    source = (REPO / cfg.bon_candidates).resolve()
+    bon_slice = out / "bon_candidates.jsonl"
+    lines = source.read_text().splitlines()[: cfg.bon_problems]
+    if not bon_slice.exists() or bon_slice.read_text() != "\n".join(lines) + "\n":
+        bon_slice.write_text("\n".join(lines) + "\n")
+    bon_dirs = {"untrained": out / "bon_untrained", "trained": out / "bon_trained"}
+    scorers = {"untrained": ckpts["lm_tokens"], "trained": trained}
+    for name, scorer in scorers.items():
+        stages.run(f"4. evaluate ({name} PRM)",
+                   {"scorer": str(scorer), "weights": stages_weights_key(scorer), "candidates": file_digest(bon_slice),
+                    "aggregation": cfg.bon_aggregation},
+                   [py, "tools/best_of_n.py", "--candidates", str(bon_slice), "--scorer", str(scorer),
+                    "--out", str(bon_dirs[name]), "--aggregation", cfg.bon_aggregation],
+                   bon_dirs[name], SECONDS_PER["eval_start"] + 4 * cfg.bon_problems * SECONDS_PER["scored_candidate"],
+                   produced=lambda n=name: (bon_dirs[n] / "report.json").exists())
+
+    # 5. report
+    from nemo_erprm.demo_report import write_demo_report
+
+    summary = write_demo_report(out, cfg=asdict(cfg), records=records, run_dir=run_dir, trained=trained,
+                                bon_dirs=bon_dirs, times=stages.times, total_s=time.time() - started)
+    print("\n" + summary)
+    print(f"report: {out / 'report.md'}")
     return 0
+
+
+def stages_weights_key(ckpt: Path) -> str:
+    """Changes when the checkpoint's weights change (a retrained PRM is evaluated again)."""
+    weights = ckpt / "weights"
+    stamp = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(weights.glob("*")) if f.is_file()]
+    return hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
 
 
 if __name__ == "__main__":
