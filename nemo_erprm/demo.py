@@ -36,18 +36,18 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONF = REPO / "conf" / "demo"
 # Measured on 2 CPU cores with SmolLM2-135M (estimates printed before each stage)
-SECONDS_PER = {"label_problem": 17.0, "convert": 45.0, "train_step": 2.5, "train_start": 40.0,
-               "scored_candidate": 0.7, "eval_start": 25.0}
+SECONDS_PER = {"label_problem": 27.0, "convert": 65.0, "train_step": 6.0, "train_start": 35.0,
+               "scored_candidate": 0.3, "eval_start": 25.0}
 
 
 @dataclass
 class DemoConfig:
     policy: str = "smollm2"
     backbone: str = "smollm2"
-    label_problems: int = 12
-    train_steps: int = 30
+    label_problems: int = 8
+    train_steps: int = 24
     bon_candidates: str = "../shared/data/bon/gsm8k_test_4_model_solutions.jsonl"
-    bon_problems: int = 40
+    bon_problems: int = 30
     bon_aggregation: str = "min"
 
 

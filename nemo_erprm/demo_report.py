@@ -171,7 +171,7 @@ def write_demo_report(out: Path, *, cfg: dict[str, Any], records: Path, run_dir:
         f"(mean of the first {t['averaged_over_steps']} steps) → {t['loss_last']:.4f} (last "
         f"{t['averaged_over_steps']}), step accuracy {t['step_accuracy_last']:.3f}; metrics: "
         f"`{run_dir / 'metrics.jsonl'}`, checkpoint: `{trained}`.",
-        "- A few dozen steps on a dozen problems: this shows the machinery, not a useful PRM.", "",
+        f"- {t['steps']} steps on {s['problems']} problems show the machinery; they do not make a useful PRM.", "",
         "![training loss](training_loss.png)", "",
         f"## 4. Best-of-{n} (`tools/best_of_n.py`)", "",
         f"- The first {b['problems']} problems of `{b['candidates_file']}` ({n} candidates each, graded by our "
