@@ -174,8 +174,8 @@ def write_demo_report(out: Path, *, cfg: dict[str, Any], records: Path, run_dir:
         f"- {t['steps']} steps on {s['problems']} problems show the machinery; they do not make a useful PRM.", "",
         "![training loss](training_loss.png)", "",
         f"## 4. Best-of-{n} (`tools/best_of_n.py`)", "",
-        f"- The first {b['problems']} problems of `{b['candidates_file']}` ({n} candidates each, graded by our "
-        "grader); accuracy with the 95% bootstrap interval over problems.", "",
+        f"- The first {b['problems']} problems of `{cfg['bon_candidates']}` (copied to `{b['candidates_file']}`), "
+        f"{n} candidates each, graded by our grader; accuracy with the 95% bootstrap interval over problems.", "",
         *bon_rows, "", "![Best-of-N](best_of_n.png)", "",
         "## Time", "",
         "- " + ", ".join(f"{k}: {v:.0f}s" for k, v in times.items()) + f"; total {total_s:.0f}s "
