@@ -59,7 +59,7 @@ class MegatronPRMScorer:
         self.modules, self.config = modules, cfg
         self.head, self.step_tag = cfg.head, cfg.step_tag
         hf = getattr(tokenizer, "tokenizer", tokenizer)
-        self.tokenizer = hf
+        self.tokenizer, self.max_length = hf, max_length
         self.step_tokenizer = StepTokenizer(hf, self.step_tag, max_length)
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else (hf.eos_token_id or 0)
         self.fingerprint = directory_fingerprint(self.path / "weights", "megatron")
@@ -99,7 +99,7 @@ class HFScorer:
         self.path = Path(model_dir)
         self.inner = HFPRMScorer(str(self.path), dtype=dtype, max_length=max_length)
         self.step_tag, self.head = self.inner.step_tag, self.inner.head
-        self.tokenizer = self.inner.tokenizer
+        self.tokenizer, self.max_length = self.inner.tokenizer, max_length
         self.fingerprint = directory_fingerprint(self.path, "hf")
 
     def score_batch(self, items: Sequence[Item]) -> list[list[float]]:

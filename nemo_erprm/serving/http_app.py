@@ -112,6 +112,8 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
             return _error(503, "server shutting down")
         except TimedOut:
             return _error(504, f"not scored within {batcher_config.timeout_s}s")
+        except Exception as e:  # the model failed on a batch: a JSON 500, and the server keeps serving
+            return _error(500, f"scoring failed: {type(e).__name__}: {e}")
 
     @app.post("/score")
     async def score_route(request: Request):

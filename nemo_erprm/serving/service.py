@@ -101,7 +101,11 @@ class RewardService:
             raise RequestError("prompt", f"the prompt contains the step tag {self.scorer.step_tag!r}")
         if not prompt.strip():
             raise RequestError("prompt", "empty prompt")
-        return prompt, list(steps)
+        item = (prompt, list(steps))
+        limit = getattr(self.scorer, "max_length", None)
+        if limit is not None and self.count_tokens(item) > limit:
+            raise RequestError(field, f"prompt and response exceed the PRM's {limit} tokens", status=413)
+        return item
 
     def count_tokens(self, item: tuple[str, list[str]]) -> int:
         text = item[0] + "".join(item[1])

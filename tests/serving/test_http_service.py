@@ -42,7 +42,7 @@ def start_server(tiny_prm, tmp_path, *extra):
     token_file.write_text(TOKEN + "\n")
     proc = subprocess.Popen([sys.executable, "tools/serve_prm.py", "--scorer", str(tiny_prm), "--port", str(port),
                              "--token-file", str(token_file), "--response-marker", MARKER, "--max-items", "8",
-                             "--max-body-bytes", "20000", *extra], cwd=REPO, stdout=subprocess.PIPE,
+                             "--max-body-bytes", "20000", "--max-length", "512", *extra], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -109,6 +109,7 @@ def test_openrlhf_payload_round_trips(server, direct):
     ({"items": [{"prompt": QUESTION, "steps": "not a list"}]}, None, 422, "items[0].steps"),
     (None, b"{not json", 400, "body"),
     (None, b'{"prompt": "' + b"x" * 30000 + b'"}', 413, "body"),
+    ({"prompt": QUESTION, "response": "step " * 1500}, None, 413, "response"),
 ])
 def test_bad_requests_get_4xx_naming_the_field(server, body, raw, status, field):
     got, out = call(server, "/score", body, raw=raw)
