@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from nemo_erprm.data.collate import collate_rows, pack_rows
 from nemo_erprm.data.examples import held_out, load_examples
 from nemo_erprm.data.tokenize import add_step_tag_token, tokenize_dataset
+from nemo_erprm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def build_split(
         examples = [e for e in examples if keep(e["group"])]
         file_id += f":{name}"
         if not examples:
-            raise ValueError(f"{path}: the {name} split is empty (too few problems for data.val_fraction?)")
+            raise ConfigError(f"{path}: the {name} split is empty (too few problems for data.val_fraction?)")
     ds, counts = tokenize_dataset(examples, tokenizer, step_tag, seq_length, cache_dir, file_id, num_proc)
     samples = [
         {"input_ids": ids, "tag_positions": pos, "targets": tgt, "sample_index": i}
@@ -122,8 +123,9 @@ class ERPRMDataSampler(MegatronDataSampler):
             loader = super().transform_dataloader(dataloader, consumed_samples)
         finally:
             self.init_consumed_samples = total
-        return DataLoader(loader.dataset, batch_sampler=_FromOffsetThenFromStart(loader.batch_sampler, self.epoch_samples),
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+        sampler = _FromOffsetThenFromStart(loader.batch_sampler, self.epoch_samples)
+        return DataLoader(loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers,
+                          collate_fn=loader.collate_fn)
 
 
 class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
@@ -175,10 +177,11 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
                       num_proc=self.num_proc)
         split_train = None
         if not self.val_path and self.val_fraction > 0:  # hold out whole problems of the train file
-            split_train = (f"train-{self.val_fraction}", lambda g: not held_out(g, self.val_fraction))
+            fraction = self.val_fraction
+            split_train = (f"train-{fraction}", lambda g: not held_out(g, fraction))
+            split_val = (f"validation-{fraction}", lambda g: held_out(g, fraction))
             self._val_ds, self.counts["validation"] = build_split(
-                self.train_path, tok, shuffle_seed=None, select=(f"validation-{self.val_fraction}", lambda g: held_out(g, self.val_fraction)),
-                **common)
+                self.train_path, tok, shuffle_seed=None, select=split_val, **common)
         elif self.val_path:
             self._val_ds, self.counts["validation"] = build_split(self.val_path, tok, shuffle_seed=None, **common)
         self._train_ds, self.counts["train"] = build_split(
