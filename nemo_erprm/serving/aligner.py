@@ -4,8 +4,8 @@ batched inputs ``sentences`` (bytes, optional) or ``tokens`` (int64, right-padde
 ``sequence_lengths`` (int64), and the output ``rewards`` (float32, shape (1,) per sample).
 
 :class:`AlignerRewardModel` implements that contract on plain numpy arrays (``infer``);
-:func:`serve_pytriton` binds it to PyTriton (``pip install nvidia-pytriton``; not installable
-in the CPU environment of this project: its pins conflict with NeMo's, so CI tests the contract
+:func:`serve_pytriton` binds it to PyTriton (``pip install nvidia-pytriton``; it does not fit the locked
+CPU environment of this project: its tritonclient needs urllib3 >= 2, so CI tests the contract
 through ``infer`` directly). The actor's token ids are decoded with the actor's tokenizer and
 re-tokenized by the PRM; the prompt/response boundary is the service's ``response_marker``.
 """

@@ -1,5 +1,5 @@
-"""NeMo-Aligner's `reward_model` contract at the tensor level (PyTriton's wheel cannot be
-installed beside NeMo's pins here, so the transport is faked by calling `infer` with the
+"""NeMo-Aligner's `reward_model` contract at the tensor level (PyTriton does not fit the locked
+CPU environment: its tritonclient needs urllib3 >= 2; so the transport is faked by calling `infer` with the
 batched numpy arrays PyTriton would pass): input names, dtypes and shapes, `rewards` float32
 (B, 1); token input decoded with the actor's tokenizer, the same or a different one."""
 
