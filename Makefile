@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 REQS := requirements/cpu.txt requirements/lock-cpu.txt requirements/constraints.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench lock clean
+.PHONY: venv demo test test-fast bench lock clean slurm-up slurm-down
 
 venv: $(STAMP)
 
@@ -33,6 +33,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# A single-node Slurm cluster on this machine (root; installs slurm-wlm + munge with apt if missing).
+# Then: export SLURM_CONF=$$(bash slurm/local_cluster.sh conf)
+slurm-up:
+	bash slurm/local_cluster.sh up
+
+slurm-down:
+	bash slurm/local_cluster.sh down
 
 bench: $(STAMP)
 	$(PY) benchmarks/grading.py

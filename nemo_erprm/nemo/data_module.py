@@ -89,14 +89,17 @@ class _FromOffsetThenFromStart:
     """Batch sampler for a run resumed mid-epoch: the first pass starts at the saved offset,
     every later epoch at the beginning (megatron's sampler would start each epoch at it).
     Each pass ends with the epoch's last full global batch, as in an uninterrupted run (the
-    inner sampler would also yield the micro-batches of the incomplete last one)."""
+    inner sampler would also yield the micro-batches of the incomplete last one). A run
+    resumed exactly at an epoch's end gets an empty first pass: Lightning restores it inside
+    the finished epoch and starts the next one when that pass ends."""
 
-    def __init__(self, inner: Any, epoch_samples: int):
-        self.inner, self.epoch_samples = inner, epoch_samples
+    def __init__(self, inner: Any, epoch_samples: int, first_pass_empty: bool):
+        self.inner, self.epoch_samples, self.first_pass_empty = inner, epoch_samples, first_pass_empty
 
     def __iter__(self):
         micro = self.inner.micro_batch_times_data_parallel_size
-        count = (self.epoch_samples - self.inner.consumed_samples) // micro
+        count = 0 if self.first_pass_empty else (self.epoch_samples - self.inner.consumed_samples) // micro
+        self.first_pass_empty = False
         for i, batch in enumerate(self.inner):
             if i >= count:
                 break
@@ -123,7 +126,8 @@ class ERPRMDataSampler(MegatronDataSampler):
             loader = super().transform_dataloader(dataloader, consumed_samples)
         finally:
             self.init_consumed_samples = total
-        sampler = _FromOffsetThenFromStart(loader.batch_sampler, self.epoch_samples)
+        sampler = _FromOffsetThenFromStart(loader.batch_sampler, self.epoch_samples,
+                                           first_pass_empty=total > 0 and total % self.epoch_samples == 0)
         return DataLoader(loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers,
                           collate_fn=loader.collate_fn)
 

@@ -72,8 +72,10 @@ def resumed_equals_reference(reference, out):
     ref_train, ref_val = metrics(reference)
     train, val = metrics(out)
     assert sorted(train) == sorted(ref_train)
-    assert max(abs(train[s] - ref_train[s]) for s in train) < 1e-6, (train, ref_train)
-    assert abs(val[24] - ref_val[24]) < 1e-6
+    # bit-equal when resumed mid-epoch; a few 1e-6 after a resume at an epoch's end (float32
+    # summation order across the restored epoch start), same tolerance as the TP/PP parity
+    assert max(abs(train[s] - ref_train[s]) for s in train) < 1e-5, (train, ref_train)
+    assert abs(val[24] - ref_val[24]) < 1e-5
     ids, ref_ids = sample_ids(out), sample_ids(reference)
     assert ids == ref_ids  # the same samples at every step: none seen twice, none skipped
     epoch = data_summary(out)["steps_per_epoch"]
@@ -82,13 +84,15 @@ def resumed_equals_reference(reference, out):
     assert set(first_epoch) == {i for s in range(epoch + 1, 2 * epoch + 1) for i in ids[s]}
 
 
-def test_stop_after_k_steps_then_resume(setup, reference):
+def test_stop_at_an_epoch_end_then_resume(setup, reference):
+    """Stopped after k steps, k = one epoch (the boundary case; SIGTERM below resumes mid-epoch)."""
+    k = data_summary(reference)["steps_per_epoch"]
     out = setup["work"] / "stopped"
-    run(train_cmd() + overrides(setup, out, **{"trainer.stop_after_steps": 3}))
+    run(train_cmd() + overrides(setup, out, **{"trainer.stop_after_steps": k}))
     train, _ = metrics(out)
-    assert sorted(train) == [1, 2, 3]
+    assert sorted(train) == list(range(1, k + 1))
     proc = run(train_cmd() + overrides(setup, out))
-    assert "resumed at step 3" in proc.stdout
+    assert f"resumed at step {k}" in proc.stdout
     resumed_equals_reference(reference, out)
 
 
