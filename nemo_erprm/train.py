@@ -324,7 +324,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> int:
-        cfg = load_train_config(args.config, args.overrides)
+        # --print-config shows what a file resolves to, also where its paths do not exist yet
+        cfg = load_train_config(args.config, args.overrides, validate=not args.print_config)
         if args.print_config:
             print(dump_train_config(cfg), end="")
             return 0

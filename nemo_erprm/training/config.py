@@ -125,7 +125,7 @@ class TrainConfig:
         return self
 
 
-def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = (), validate: bool = True) -> TrainConfig:
     parts = [OmegaConf.structured(TrainConfig)]
     try:
         if path:
@@ -139,7 +139,7 @@ def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = ())
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
     assert isinstance(cfg, TrainConfig)
-    return cfg.validate()
+    return cfg.validate() if validate else cfg
 
 
 def dump_train_config(cfg: TrainConfig) -> str:
