@@ -33,6 +33,8 @@ from typing import Any, Callable, Optional
 
 from omegaconf import OmegaConf
 
+from nemo_erprm.training.checkpoints import last_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONF = REPO / "conf" / "demo"
 # Measured on 2 CPU cores with SmolLM2-135M (estimates printed before each stage)
@@ -98,13 +100,6 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    found = sorted((run_dir / "checkpoints").glob("*-last"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise RuntimeError(f"{run_dir}/checkpoints: training left no checkpoint")
-    return found[-1]
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="demo output folder")
@@ -149,11 +144,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"model.init_from={ckpts['lm_tokens']}", f"data.train={records}",
                 f"trainer.max_steps={cfg.train_steps}"],
                train_root, SECONDS_PER["train_start"] + cfg.train_steps * SECONDS_PER["train_step"],
-               produced=lambda: any((train_root / "smollm2_prm" / "checkpoints").glob("*-last")))
+               produced=lambda: last_checkpoint(train_root / "smollm2_prm") is not None)
     run_dir = train_root / "smollm2_prm"
-    trained = last_checkpoint(run_dir)
+    trained = last_checkpoint(run_dir)  # checked by the stage's `produced`
 
-    # 4. evaluate: the first problems of the Best-of-4 test set
+    # 4. evaluate: the first problems of the Best-of-4 test set (a retrained PRM is evaluated again)
+    from nemo_erprm.eval.scorers import directory_fingerprint
+
     source = (REPO / cfg.bon_candidates).resolve()
     bon_slice = out / "bon_candidates.jsonl"
     lines = source.read_text().splitlines()[: cfg.bon_problems]
@@ -163,8 +160,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     scorers = {"untrained": ckpts["lm_tokens"], "trained": trained}
     for name, scorer in scorers.items():
         stages.run(f"4. evaluate ({name} PRM)",
-                   {"scorer": str(scorer), "weights": stages_weights_key(scorer), "candidates": file_digest(bon_slice),
-                    "aggregation": cfg.bon_aggregation},
+                   {"scorer": str(scorer), "weights": directory_fingerprint(scorer / "weights", "megatron"),
+                    "candidates": file_digest(bon_slice), "aggregation": cfg.bon_aggregation},
                    [py, "tools/best_of_n.py", "--candidates", str(bon_slice), "--scorer", str(scorer),
                     "--out", str(bon_dirs[name]), "--aggregation", cfg.bon_aggregation],
                    bon_dirs[name], SECONDS_PER["eval_start"] + 4 * cfg.bon_problems * SECONDS_PER["scored_candidate"],
@@ -178,13 +175,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("\n" + summary)
     print(f"report: {out / 'report.md'}")
     return 0
-
-
-def stages_weights_key(ckpt: Path) -> str:
-    """Changes when the checkpoint's weights change (a retrained PRM is evaluated again)."""
-    weights = ckpt / "weights"
-    stamp = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(weights.glob("*")) if f.is_file()]
-    return hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -50,3 +50,11 @@ def resolve_model_path(model: str) -> tuple[str, str | None]:
             "(no model hub is used at run time: download the model first)"
         )
     return model, None
+
+
+def load_tokenizer(model: str):
+    """The HF tokenizer of an HF directory, a ``.gguf`` file or the embedded alias."""
+    from transformers import AutoTokenizer
+
+    where, gguf = resolve_model_path(model)
+    return AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from nemo_erprm.errors import ConfigError
+from nemo_erprm.training.checkpoints import last_checkpoint
 from nemo_erprm.training.config import TrainConfig, dump_train_config, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,13 +78,10 @@ def tokenizer_for_random_init(cfg: TrainConfig):
 
     target = cfg.run_dir / "tokenizer"
     if not (target / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
-
         from nemo_erprm.data.tokenize import add_step_tag_token
-        from nemo_erprm.embedded import resolve_model_path
+        from nemo_erprm.embedded import load_tokenizer
 
-        where, gguf = resolve_model_path(cfg.model.tokenizer)
-        hf = AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)
+        hf = load_tokenizer(cfg.model.tokenizer)
         if cfg.model.add_step_tag_token:
             add_step_tag_token(hf, cfg.model.step_tag)
         tmp = cfg.run_dir / f"tokenizer.tmp{global_rank()}"
@@ -142,11 +140,6 @@ def devices_per_node(cfg: TrainConfig, on_gpu: bool) -> int:
 
         return torch.cuda.device_count()
     return cfg.model.tensor_model_parallel_size * cfg.model.pipeline_model_parallel_size
-
-
-def last_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = sorted((run_dir / "checkpoints").glob("*-last"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def run(cfg: TrainConfig) -> Path:

@@ -40,15 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_actor_tokenizer(spec: str):
-    from transformers import AutoTokenizer
-
-    from nemo_erprm.embedded import resolve_model_path
-
-    where, gguf = resolve_model_path(spec)
-    return AutoTokenizer.from_pretrained(where, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(where)
-
-
 def serve(args: argparse.Namespace) -> int:
     from nemo_erprm.eval.scorers import load_scorer
     from nemo_erprm.serving.service import RewardConfig, RewardService
@@ -64,7 +55,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.protocol == "aligner":
         from nemo_erprm.serving.aligner import DEFAULT_PORT, AlignerRewardModel, serve_pytriton
 
-        actor = load_actor_tokenizer(args.actor_tokenizer) if args.actor_tokenizer else None
+        from nemo_erprm.embedded import load_tokenizer
+
+        actor = load_tokenizer(args.actor_tokenizer) if args.actor_tokenizer else None
         serve_pytriton(AlignerRewardModel(service, actor), args.host, args.port or DEFAULT_PORT,
                        max_batch=args.max_batch)
         return 0
