@@ -124,3 +124,33 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]
         if tmp.exists():
             tmp.unlink()
     return n
+
+
+def create_file_once(path: str | os.PathLike, text: str) -> str:
+    """Create ``path`` with ``text`` unless it exists; return the file's content either way.
+
+    Safe when several processes race to create the same file (the tasks of a Slurm array
+    starting together): each writes its own temporary file and hard-links it into place, which
+    fails atomically if another process got there first, so the file is never half-written and
+    never replaced.
+    """
+    path = Path(path)
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text(encoding="utf-8")
+        except OSError:  # a filesystem without hard links: rename (equal contents race harmlessly)
+            if not path.exists():
+                os.replace(tmp, path)
+            return path.read_text(encoding="utf-8")
+        return text
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ sharding, restarts or order.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 from nemo_erprm.errors import ConfigError, RunStateError
-from nemo_erprm.jsonl import JsonlAppender, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
+from nemo_erprm.jsonl import JsonlAppender, create_file_once, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
 from nemo_erprm.labeling.backends import GenerationBackend, build_backend
 from nemo_erprm.labeling.config import LabelConfig
 from nemo_erprm.labeling.er_label import eta_key
@@ -51,20 +50,16 @@ class RunResult:
 
 
 def _check_run_identity(out_dir: Path, cfg: LabelConfig) -> None:
-    """Write run.yaml on the first run; refuse to mix records of different configs."""
-    identity = cfg.identity()
+    """Write run.yaml on the first run; refuse to mix records of different configs. The array
+    tasks of one job start together, so the first writer wins atomically and the others compare."""
+    identity = json.loads(json.dumps(cfg.identity()))
     path = out_dir / "run.yaml"
-    if path.exists():
-        previous = yaml.safe_load(path.read_text())
-        if previous != json.loads(json.dumps(identity)):
-            raise RunStateError(
-                f"{path}: the output folder holds records made with another config "
-                "(compare with this run's settings); choose a new output.dir or delete the folder"
-            )
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(identity)), sort_keys=True, allow_unicode=True))
-    os.replace(tmp, path)
+    saved = create_file_once(path, yaml.safe_dump(identity, sort_keys=True, allow_unicode=True))
+    if yaml.safe_load(saved) != identity:
+        raise RunStateError(
+            f"{path}: the output folder holds records made with another config "
+            "(compare with this run's settings); choose a new output.dir or delete the folder"
+        )
 
 
 def _finished_problems(path: Path) -> set[str]:

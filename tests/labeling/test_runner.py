@@ -94,6 +94,70 @@ def test_resume_with_another_config_is_refused(tmp_path):
         run_labeling(offline_cfg(tmp_path, seed=7), progress=False)
 
 
+def _start_shard_together(barrier, tmp_path, shard, num_shards, errors):
+    try:
+        cfg = offline_cfg(tmp_path)
+        barrier.wait()
+        run_labeling(cfg, shard=shard, num_shards=num_shards, progress=False)
+    except BaseException as e:  # reported to the parent
+        errors.put(f"shard {shard}: {type(e).__name__}: {e}")
+
+
+def test_array_tasks_starting_together_all_succeed(tmp_path):
+    """The tasks of a Slurm array start at the same moment and all write run.yaml first
+    (a shared temporary file used to make one of them fail with FileNotFoundError)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        folder = tmp_path / f"try{attempt}"
+        folder.mkdir()
+        offline_cfg(folder)  # writes the input file once, before the race
+        n = 6
+        barrier, errors = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_start_shard_together, args=(barrier, folder, s, n, errors)) for s in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        failures = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+        assert not failures and all(p.exitcode == 0 for p in procs), failures
+        merged, _ = merge_shards(folder / "out")
+        assert [r["id"] for r in read_jsonl(merged)] == ["p1/0", "p2/0"]
+
+
+def _create_together(barrier, path, text, results):
+    from nemo_erprm.jsonl import create_file_once
+
+    barrier.wait()
+    results.put((text, create_file_once(path, text)))
+
+
+def test_create_file_once_has_one_winner_and_no_torn_file(tmp_path):
+    import multiprocessing
+
+    from nemo_erprm.jsonl import create_file_once
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        path = tmp_path / f"run{attempt}.yaml"
+        n = 8
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        texts = [f"writer {i}\n" * 2000 for i in range(n)]  # large enough to tear if not atomic
+        procs = [ctx.Process(target=_create_together, args=(barrier, path, t, results)) for t in texts]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(60)
+        winner = path.read_text()
+        assert winner in texts
+        assert all(seen == winner for _, seen in got)  # everyone sees the one complete file
+        assert sum(mine == winner for mine, _ in got) == 1
+        assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(".")) == []  # no temp left
+    assert create_file_once(path, "other") == winner  # an existing file is never replaced
+
+
 def test_shards_merge_in_input_order(tmp_path):
     cfg = offline_cfg(tmp_path)
     run_labeling(cfg, shard=1, num_shards=2, progress=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import metrics, overrides
+from tests.training.conftest import assert_resumed_equals_reference, metrics, overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "slurm" / "train_erprm.sh"
@@ -95,8 +95,4 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(setup, reference
                            timeout=600)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "requeue" not in (tmp_path / "scontrol.calls").read_text()
-    ref_train, ref_val = metrics(reference)
-    train, val = metrics(out)
-    assert sorted(train) == sorted(ref_train)
-    assert max(abs(train[s] - ref_train[s]) for s in train) < 1e-6
-    assert abs(val[24] - ref_val[24]) < 1e-6
+    assert_resumed_equals_reference(reference, out)

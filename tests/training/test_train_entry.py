@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import data_summary, metrics, overrides, run, sample_ids, train_cmd
+from tests.training.conftest import assert_resumed_equals_reference, data_summary, metrics, overrides, run, train_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -68,22 +67,6 @@ def test_tp2_checkpoint_evaluates_the_same_at_tp1_and_pp2(setup, tp2_run, layout
     assert abs(val[0] - tp2_val[24]) < 1e-5, (val, tp2_val)
 
 
-def resumed_equals_reference(reference, out):
-    ref_train, ref_val = metrics(reference)
-    train, val = metrics(out)
-    assert sorted(train) == sorted(ref_train)
-    # bit-equal when resumed mid-epoch; a few 1e-6 after a resume at an epoch's end (float32
-    # summation order across the restored epoch start), same tolerance as the TP/PP parity
-    assert max(abs(train[s] - ref_train[s]) for s in train) < 1e-5, (train, ref_train)
-    assert abs(val[24] - ref_val[24]) < 1e-5
-    ids, ref_ids = sample_ids(out), sample_ids(reference)
-    assert ids == ref_ids  # the same samples at every step: none seen twice, none skipped
-    epoch = data_summary(out)["steps_per_epoch"]
-    first_epoch = [i for s in range(1, epoch + 1) for i in ids[s]]
-    assert len(first_epoch) == len(set(first_epoch))  # within an epoch no sample comes twice
-    assert set(first_epoch) == {i for s in range(epoch + 1, 2 * epoch + 1) for i in ids[s]}
-
-
 def test_stop_at_an_epoch_end_then_resume(setup, reference):
     """Stopped after k steps, k = one epoch (the boundary case; SIGTERM below resumes mid-epoch)."""
     k = data_summary(reference)["steps_per_epoch"]
@@ -93,7 +76,7 @@ def test_stop_at_an_epoch_end_then_resume(setup, reference):
     assert sorted(train) == list(range(1, k + 1))
     proc = run(train_cmd() + overrides(setup, out))
     assert f"resumed at step {k}" in proc.stdout
-    resumed_equals_reference(reference, out)
+    assert_resumed_equals_reference(reference, out)
 
 
 def test_sigterm_mid_run_then_resume(setup, reference):
@@ -116,7 +99,7 @@ def test_sigterm_mid_run_then_resume(setup, reference):
     assert (out / "tiny_cpu" / "checkpoints" / f"step={stopped_at - 1}-last").is_dir()
     proc2 = run(train_cmd() + overrides(setup, out))
     assert f"resumed at step {stopped_at}" in proc2.stdout
-    resumed_equals_reference(reference, out)
+    assert_resumed_equals_reference(reference, out)
 
 
 def test_resume_with_other_data_is_refused(setup, reference, tmp_path):
