@@ -163,6 +163,7 @@ def run(cfg: TrainConfig) -> Path:
     from nemo_erprm.nemo.model import ERPRMModel
     from nemo_erprm.nemo.model_config import PRECISIONS, build_precision_plugin
     from nemo_erprm.training.callbacks import FinalCheckpoint, StopAfterSteps, TrainingMetrics
+    from nemo_erprm.training.signals import shield_spawned_helpers
 
     prepare_run_dir(cfg)
     run_dir = cfg.run_dir
@@ -234,6 +235,7 @@ def run(cfg: TrainConfig) -> Path:
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    shield_spawned_helpers()  # Slurm signals every process of the step; helpers must outlive the save
     callbacks = [
         StepMetricsLogger(),
         TrainingMetrics(str(run_dir), t.log_every_n_steps, cfg.logging.sample_ids, d.global_batch_size),

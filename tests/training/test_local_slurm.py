@@ -57,13 +57,24 @@ def job_state(env, job: str) -> str:
     return next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "GONE")
 
 
-def wait_for(predicate, timeout=600, what="condition"):
+def in_queue(env, job: str) -> bool:
+    """Pending, running or completing (squeue lists a job until all its processes are gone)."""
+    return bool(subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip())
+
+
+def wait_for(predicate, timeout=600, what="condition", poll=0.5, explain=lambda: ""):
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
             return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}{explain()}")
+
+
+def rank_logs(env, job: str) -> str:
+    """The last lines of each rank's log of the job (slurm/train_erprm.sh writes them per job)."""
+    logs = sorted(Path(env["ERPRM_LOG_ROOT"]).glob(f"*-{job}/rank-*.log"))
+    return "".join(f"\n--- {f}:\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:]) for f in logs)
 
 
 def test_label_array_merged_equals_one_process(slurm, shared_data, tiny_lm_dir, tmp_path):
@@ -99,10 +110,13 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, setup, refere
     out = tmp_path / "run"
     job = sbatch(slurm, train_job(setup, out, tmp_path))
     log = out / "tiny_cpu" / "metrics.jsonl"
-    wait_for(lambda: log.exists() and '"step":3,' in log.read_text(), what="step 3")
+    # a run of 24 steps takes seconds here: signal at the first logged step so that it lands mid-run
+    # (wherever it lands, a save included, it must end in a checkpoint and a requeue)
+    wait_for(lambda: log.exists() and '"step":1,' in log.read_text(), what="step 1", poll=0.05)
     # what Slurm sends the batch shell before the time limit (--signal=B:USR1@300)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
-    wait_for(lambda: "restart 1" in (tmp_path / f"train-{job}.out").read_text(), what="the requeued start")
+    wait_for(lambda: "restart 1" in (tmp_path / f"train-{job}.out").read_text(), what="the requeued start",
+             explain=lambda: rank_logs(slurm, job))
     wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), timeout=900,
              what="the requeued job to finish")
     text = (tmp_path / f"train-{job}.out").read_text()
@@ -117,8 +131,13 @@ def test_sigkill_then_resubmit_resumes_from_the_last_checkpoint(slurm, setup, re
     job = sbatch(slurm, args)
     log = out / "tiny_cpu" / "metrics.jsonl"
     wait_for(lambda: log.exists() and '"step":10,' in log.read_text(), what="step 10")
-    subprocess.run(["scancel", "--signal=KILL", "--full", job], env=slurm, check=True)  # node failure stand-in
-    wait_for(lambda: job_state(slurm, job) != "RUNNING", what="the kill")
+    # node failure stand-in: SIGKILL to the training step's tasks themselves, mid-step or mid-save.
+    # (`scancel --signal=KILL --full` would kill the batch shell first, and Slurm then stops the
+    # tasks with SIGTERM, which they handle gracefully: a checkpoint, not a failure.)
+    subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], env=slurm, check=True)
+    # not just "not RUNNING": a job stays COMPLETING (processes still alive, maybe finishing a
+    # step and its checkpoint) until slurmd has reaped every process of it
+    wait_for(lambda: not in_queue(slurm, job), what="the kill to reap the job's processes")
     killed_at = max(metrics(out)[0])
     job2 = sbatch(slurm, args, wait=True)
     text = (tmp_path / f"train-{job2}.out").read_text()
