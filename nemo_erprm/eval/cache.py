@@ -39,7 +39,7 @@ class ScoreCache:
         """Scores of ``items``, computing (in batches, longest first) only those not cached."""
         keys = [score_key(fingerprint, q, s) for q, s in items]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self.scores}.values(),
-                      key=lambda i: -sum(len(x) for x in items[i][1]))
+                      key=lambda i: -(len(items[i][0]) + sum(len(x) for x in items[i][1])))
         if todo and self._out is None:
             self._out = JsonlAppender(self.path)
         if progress:

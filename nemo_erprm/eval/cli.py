@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-max", type=int, help="largest N (default: the fewest candidates of any problem)")
     p.add_argument("--subsets", type=int, default=200, help="random subsets per problem and N (all if fewer exist)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="candidates per forward (grouped by length to keep padding small)")
     p.add_argument("--max-length", type=int, default=4096, help="tokens per scored solution")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="scorer dtype (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.time()
     candidates_path = Path(args.candidates) if args.candidates else generate_candidates(args, out_dir)
 
-    scorer = load_scorer(args.scorer, args.max_length, args.dtype)
+    scorer = load_scorer(args.scorer, args.max_length, args.dtype, args.batch_size)
     step_tag = scorer.step_tag if scorer is not None else "ки"
     seg = SegmentationConfig(rule=args.segmentation_rule, step_tag=step_tag)
     problems, load_report = load_candidates(candidates_path, args.layout, seg,

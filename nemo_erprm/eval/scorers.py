@@ -44,9 +44,10 @@ def directory_fingerprint(path: Path, kind: str) -> str:
 
 
 class MegatronPRMScorer:
-    """A PRM checkpoint on megatron-core; batches sorted by length, right-padded."""
+    """A PRM checkpoint on megatron-core; micro-batches of similar length, right-padded."""
 
-    def __init__(self, ckpt: str | Path, max_length: int = 4096, dtype: Optional[torch.dtype] = None):
+    def __init__(self, ckpt: str | Path, max_length: int = 4096, dtype: Optional[torch.dtype] = None,
+                 micro_batch_size: int = 8):
         from nemo_erprm.convert.load import load_prm_modules
         from nemo_erprm.data.tokenize import StepTokenizer
 
@@ -63,13 +64,14 @@ class MegatronPRMScorer:
         self.step_tokenizer = StepTokenizer(hf, self.step_tag, max_length)
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else (hf.eos_token_id or 0)
         self.fingerprint = directory_fingerprint(self.path / "weights", "megatron")
+        self.micro_batch_size = micro_batch_size
 
     @torch.no_grad()
     def score_batch(self, items: Sequence[Item]) -> list[list[float]]:
-        from nemo_erprm.data.collate import collate_rows
+        """Step scores of any number of items: encoded once, forwarded in micro-batches of
+        similar length (see :func:`length_sorted_batches`), returned in the input order."""
+        from nemo_erprm.data.collate import length_sorted_batches
         from nemo_erprm.labeling.segmentation import render_prm_input
-        from nemo_erprm.model.loss import step_scores
-        from nemo_erprm.model.megatron_step import forward_outputs
 
         samples = []
         for question, steps in items:
@@ -78,6 +80,17 @@ class MegatronPRMScorer:
                 raise ConfigError(f"a solution of {question[:40]!r}... does not fit in --max-length "
                                   f"{self.step_tokenizer.seq_length} tokens with all its {len(steps)} steps")
             samples.append({"input_ids": ex.input_ids, "tag_positions": ex.tag_positions, "targets": ex.targets})
+        out: list[list[float]] = [[] for _ in samples]
+        for idx in length_sorted_batches([len(s["input_ids"]) for s in samples], self.micro_batch_size):
+            for i, scores in zip(idx, self._forward([samples[i] for i in idx])):
+                out[i] = scores
+        return out
+
+    def _forward(self, samples: list[dict]) -> list[list[float]]:
+        from nemo_erprm.data.collate import collate_rows
+        from nemo_erprm.model.loss import step_scores
+        from nemo_erprm.model.megatron_step import forward_outputs
+
         width = max(len(s["input_ids"]) for s in samples)
         batch = collate_rows([[s] for s in samples], width, self.pad_id)
         (logits,) = forward_outputs(self.modules, [batch], width, len(samples))
@@ -93,11 +106,12 @@ class MegatronPRMScorer:
 class HFScorer:
     """Adapter: the HF export behind the same interface (fingerprint included)."""
 
-    def __init__(self, model_dir: str | Path, max_length: int = 4096, dtype: Optional[torch.dtype] = None):
+    def __init__(self, model_dir: str | Path, max_length: int = 4096, dtype: Optional[torch.dtype] = None,
+                 micro_batch_size: int = 8):
         from nemo_erprm.convert.hf_scorer import HFPRMScorer
 
         self.path = Path(model_dir)
-        self.inner = HFPRMScorer(str(self.path), dtype=dtype, max_length=max_length)
+        self.inner = HFPRMScorer(str(self.path), dtype=dtype, max_length=max_length, micro_batch_size=micro_batch_size)
         self.step_tag, self.head = self.inner.step_tag, self.inner.head
         self.tokenizer, self.max_length = self.inner.tokenizer, max_length
         self.fingerprint = directory_fingerprint(self.path, "hf")
@@ -119,7 +133,8 @@ class PrefixScorer:
                 for question, steps in items]
 
 
-def load_scorer(spec: str, max_length: int = 4096, dtype: Optional[str] = None) -> Optional[StepScorer]:
+def load_scorer(spec: str, max_length: int = 4096, dtype: Optional[str] = None,
+                micro_batch_size: int = 8) -> Optional[StepScorer]:
     """``none`` -> None; an HF export (``prm_config.json`` + ``config.json``) or a PRM
     checkpoint (``weights/`` + ``context/``) -> its scorer."""
     if spec == "none":
@@ -127,9 +142,9 @@ def load_scorer(spec: str, max_length: int = 4096, dtype: Optional[str] = None) 
     path = Path(spec)
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, None: None}[dtype]
     if (path / "config.json").exists() and (path / "prm_config.json").exists():
-        return HFScorer(path, max_length, torch_dtype)
+        return HFScorer(path, max_length, torch_dtype, micro_batch_size)
     if (path / "weights").is_dir() and (path / "context").is_dir():
-        return MegatronPRMScorer(path, max_length, torch_dtype)
+        return MegatronPRMScorer(path, max_length, torch_dtype, micro_batch_size)
     raise ConfigError(f"--scorer {spec}: neither 'none', an HF PRM export (config.json + prm_config.json) nor a "
                       f"PRM checkpoint (weights/ + context/)")
 

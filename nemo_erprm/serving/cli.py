@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> int:
                               segmentation_rule=args.segmentation_rule, response_marker=args.response_marker).validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    service = RewardService(load_scorer(args.scorer, args.max_length, args.dtype), config)
+    service = RewardService(load_scorer(args.scorer, args.max_length, args.dtype, args.max_batch), config)
     if args.protocol == "aligner":
         from nemo_erprm.serving.aligner import DEFAULT_PORT, AlignerRewardModel, serve_pytriton
 

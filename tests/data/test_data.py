@@ -113,3 +113,25 @@ def test_tokenize_dataset_counts_and_cache(tok, tmp_path):
     assert cached[0].stat().st_mtime_ns == mtime  # reused, not rewritten
     tokenize_dataset(examples, tok, "ки", 64, cache_dir=str(tmp_path), cache_key="k1")
     assert len(list(tmp_path.glob("tokenized-*.arrow"))) == 2  # another seq_length, another entry
+
+
+def test_length_sorted_batches_cover_every_index_once_and_cut_padding():
+    import random
+
+    from nemo_erprm.data.collate import length_sorted_batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 400) for _ in range(45)]
+    batches = length_sorted_batches(lengths, 8)
+    assert sorted(i for b in batches for i in b) == list(range(45))
+    assert [len(b) for b in batches] == [8] * 5 + [5]
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)  # longest first, each batch a run of similar lengths
+
+    def padded(groups):
+        return sum(max(lengths[i] for i in g) * len(g) for g in groups)
+
+    in_file_order = [list(range(b, min(b + 8, 45))) for b in range(0, 45, 8)]
+    assert padded(batches) < padded(in_file_order)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        length_sorted_batches(lengths, 0)
