@@ -79,10 +79,10 @@ class HFPRMScorer:
             scores = torch.softmax(at, dim=-1)[:, 0]
         else:
             scores = torch.sigmoid(self.model(input_ids=ids, attention_mask=att).logits[rows, cols, 0].float())
-        flat, out, at_ = scores.cpu().tolist(), [], 0
-        for e in encoded:
-            out.append(flat[at_: at_ + len(e.tag_positions)])
-            at_ += len(e.tag_positions)
+        flat, out, start = scores.cpu().tolist(), [], 0
+        for e in encoded:  # tags come out row by row, in position order
+            out.append(flat[start: start + len(e.tag_positions)])
+            start += len(e.tag_positions)
         return out
 
     def score(self, question: str, steps: Sequence[str]) -> list[float]:

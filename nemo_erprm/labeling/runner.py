@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import yaml
 from nemo_erprm.errors import ConfigError, RunStateError
-from nemo_erprm.jsonl import JsonlAppender, create_file_once, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
+from nemo_erprm.jsonl import (JsonlAppender, RecordError, create_file_once, iter_jsonl, repair_partial_tail,
+                              write_jsonl_atomic)
 from nemo_erprm.labeling.backends import GenerationBackend, build_backend
 from nemo_erprm.labeling.config import LabelConfig
 from nemo_erprm.labeling.er_label import eta_key
