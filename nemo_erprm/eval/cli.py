@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--aggregation: unknown {unknown}; choose from {DEFAULT_AGGREGATIONS}")
     if bool(args.candidates) == bool(args.generate):
         raise ConfigError("give either --candidates FILE or --generate N (with --problems)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()

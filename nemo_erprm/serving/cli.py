@@ -46,6 +46,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.scorer == "none":
         raise ConfigError("--scorer must be a PRM (an HF export or a checkpoint)")
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
     try:
         config = RewardConfig(aggregation=args.aggregation, transform=args.transform,
                               segmentation_rule=args.segmentation_rule, response_marker=args.response_marker).validate()

@@ -71,6 +71,12 @@ def test_bad_candidate_records_name_file_and_line(tmp_path):
         load_candidates(bad, layout="rlhflow")
 
 
+def test_bad_batch_size_is_a_clear_error(shared_data, tmp_path, capsys):
+    code = bon_main(["--candidates", str(shared_data / "bon" / "gsm8k_test_4_model_solutions.jsonl"),
+                     "--scorer", "none", "--out", str(tmp_path / "out"), "--batch-size", "0", "--no-progress"])
+    assert code == 2 and "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_aggregations_and_selection_with_ties():
     s = [0.9, 0.2, 0.6]
     assert aggregate(s, "min") == 0.2 and aggregate(s, "last") == 0.6
