@@ -48,8 +48,12 @@ def job_logs(args) -> str:
         return ""
     for key in ("%A", "%a", "%j", "%x"):
         pattern = pattern.replace(key, "*")
-    files = sorted(Path(pattern).parent.glob(Path(pattern).name))
-    return "".join(f"\n--- {f}:\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:]) for f in files)
+    return tails(sorted(Path(pattern).parent.glob(Path(pattern).name)))
+
+
+def tails(files, lines: int = 30) -> str:
+    """The last lines of each file, headed by its path, for assertion messages."""
+    return "".join(f"\n--- {f}:\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:]) for f in files)
 
 
 def job_state(env, job: str) -> str:
@@ -71,10 +75,9 @@ def wait_for(predicate, timeout=600, what="condition", poll=0.5, explain=lambda:
     raise AssertionError(f"timed out waiting for {what}{explain()}")
 
 
-def rank_logs(env, job: str) -> str:
-    """The last lines of each rank's log of the job (slurm/train_erprm.sh writes them per job)."""
-    logs = sorted(Path(env["ERPRM_LOG_ROOT"]).glob(f"*-{job}/rank-*.log"))
-    return "".join(f"\n--- {f}:\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:]) for f in logs)
+def rank_log_files(env, job: str) -> list[Path]:
+    """Each rank's log of the job (slurm/train_erprm.sh writes them in a folder per job)."""
+    return sorted(Path(env["ERPRM_LOG_ROOT"]).glob(f"*-{job}/rank-*.log"))
 
 
 def test_label_array_merged_equals_one_process(slurm, shared_data, tiny_lm_dir, tmp_path):
@@ -116,7 +119,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, setup, refere
     # what Slurm sends the batch shell before the time limit (--signal=B:USR1@300)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
     wait_for(lambda: "restart 1" in (tmp_path / f"train-{job}.out").read_text(), what="the requeued start",
-             explain=lambda: rank_logs(slurm, job))
+             explain=lambda: tails(rank_log_files(slurm, job)))
     wait_for(lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), timeout=900,
              what="the requeued job to finish")
     text = (tmp_path / f"train-{job}.out").read_text()
@@ -141,7 +144,7 @@ def test_sigkill_then_resubmit_resumes_from_the_last_checkpoint(slurm, setup, re
     killed_at = max(metrics(out)[0])
     job2 = sbatch(slurm, args, wait=True)
     text = (tmp_path / f"train-{job2}.out").read_text()
-    rank_log = "\n".join(p.read_text() for p in Path(slurm["ERPRM_LOG_ROOT"]).glob(f"*-{job2}/rank-*.log"))
+    rank_log = "\n".join(p.read_text() for p in rank_log_files(slurm, job2))
     resumed = [int(line.split("resumed at step ")[1].split()[0]) for line in rank_log.splitlines()
                if "resumed at step " in line]
     assert resumed and killed_at - 4 <= resumed[0] <= killed_at, (killed_at, resumed, text[-2000:])
