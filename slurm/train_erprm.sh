@@ -17,8 +17,10 @@
 # resumes from the newest checkpoint of the run folder. SIGTERM (scancel, pre-emption with
 # a grace period) also checkpoints, but does not requeue: a cancelled job stays cancelled.
 #
-# Environment: ERPRM_PYTHON (interpreter; default .venv/bin/python if present, else python),
-# ERPRM_CONTAINER_IMAGE / ERPRM_CONTAINER_MOUNTS (pyxis), ERPRM_LOG_ROOT (default logs/slurm),
+# Environment: ERPRM_CONTAINER_IMAGE (pyxis: the tasks run in this image, e.g. the Dockerfile's;
+# the checkout is mounted at its own path) and ERPRM_CONTAINER_MOUNTS (more mounts, comma-separated
+# SRC:DST), ERPRM_PYTHON (interpreter; default: the image's python3 in a container, else
+# .venv/bin/python if present, else python), ERPRM_LOG_ROOT (default logs/slurm),
 # ERPRM_SRUN_ARGS (extra srun flags), MASTER_PORT (override), ERPRM_NO_REQUEUE=1.
 #SBATCH --job-name=erprm-train
 #SBATCH --nodes=1
@@ -46,8 +48,12 @@ JOB_ID=${SLURM_JOB_ID:?this script runs under Slurm (sbatch); outside it use pyt
 LOG_DIR=${ERPRM_LOG_ROOT:-logs/slurm}/${SLURM_JOB_NAME:-erprm-train}-$JOB_ID
 mkdir -p "$LOG_DIR"
 
+# The interpreter: inside a container the image's own python3 (the checkout's .venv, mounted
+# with $PWD, is the CPU environment: no CUDA torch, no Transformer Engine)
 if [ -n "${ERPRM_PYTHON:-}" ]; then
   PY=$ERPRM_PYTHON
+elif [ -n "${ERPRM_CONTAINER_IMAGE:-}" ]; then
+  PY=python3
 elif [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
 else
@@ -66,10 +72,11 @@ export PYTHONUNBUFFERED=1
 
 SRUN=(srun --kill-on-bad-exit=1 --output="$LOG_DIR/rank-%t.log")
 if [ -n "${ERPRM_CONTAINER_IMAGE:-}" ]; then
-  SRUN+=(--container-image="$ERPRM_CONTAINER_IMAGE" --container-workdir="$PWD")
-  if [ -n "${ERPRM_CONTAINER_MOUNTS:-}" ]; then
-    SRUN+=(--container-mounts="$ERPRM_CONTAINER_MOUNTS")
-  fi
+  # pyxis bind-mounts only what --container-mounts lists: the checkout (configs, data,
+  # outputs, checkpoints) must be one of them, at the same path
+  SRUN+=(--container-image="$ERPRM_CONTAINER_IMAGE"
+         --container-mounts="$PWD:$PWD${ERPRM_CONTAINER_MOUNTS:+,$ERPRM_CONTAINER_MOUNTS}"
+         --container-workdir="$PWD")
 fi
 if [ -n "${ERPRM_SRUN_ARGS:-}" ]; then
   read -r -a EXTRA <<< "$ERPRM_SRUN_ARGS"

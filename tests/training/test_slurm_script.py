@@ -1,7 +1,8 @@
-"""slurm/train_erprm.sh: shellcheck, and a run with faked Slurm (srun and scontrol stubs on
-PATH, Slurm variables set): the command it launches, the USR1 -> checkpoint -> requeue path,
-and the requeued job resuming to the uninterrupted run's losses. A real local Slurm cluster
-is exercised separately."""
+"""slurm/*.sh: shellcheck; what the three scripts hand to srun under pyxis (the checkout
+mounted, the image's interpreter); and slurm/train_erprm.sh run with faked Slurm (srun and
+scontrol stubs on PATH, Slurm variables set): the command it launches, the USR1 -> checkpoint
+-> requeue path, and the requeued job resuming to the uninterrupted run's losses. A real local
+Slurm cluster is exercised separately."""
 
 import os
 import signal
@@ -22,6 +23,10 @@ FAKE_SRUN = """#!/bin/bash
 printf '%s\\n' "$@" > "$FAKE_SLURM_LOG/srun.args"
 while [ $# -gt 0 ] && [ "${1#--}" != "$1" ]; do shift; done   # drop srun's own --options
 exec "$@"
+"""
+# srun that only records what it was asked to start (a container image cannot start here)
+RECORDING_SRUN = """#!/bin/bash
+printf '%s\\n' "$@" > "$FAKE_SLURM_LOG/srun.args"
 """
 FAKE_SCONTROL = """#!/bin/bash
 echo "$*" >> "$FAKE_SLURM_LOG/scontrol.calls"
@@ -45,10 +50,10 @@ def test_refuses_to_run_outside_slurm(tmp_path):
     assert proc.returncode != 0 and "runs under Slurm" in proc.stderr
 
 
-def fake_slurm_env(tmp_path: Path, restart: int = 0) -> dict:
+def fake_slurm_env(tmp_path: Path, restart: int = 0, srun: str = FAKE_SRUN) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+    for name, body in (("srun", srun), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -60,6 +65,65 @@ def fake_slurm_env(tmp_path: Path, restart: int = 0) -> dict:
         "SLURM_RESTART_COUNT": str(restart),
     })
     return env
+
+
+# each script with the arguments it needs (nothing runs: the srun stub only records)
+SCRIPT_ARGS = {
+    "train_erprm.sh": ["conf/tiny_cpu.yaml"],
+    "label_rollouts.sh": ["conf/label_gsm8k_smollm2.yaml"],
+    "serve_prm.sh": ["outputs/train/run/hf"],
+}
+
+
+def launched_by(script: str, tmp_path: Path, **env_vars: str) -> list[str]:
+    """srun's arguments when `script` runs as a Slurm job submitted from a checkout that has a
+    CPU virtualenv (.venv/bin/python), with `env_vars` set and no ERPRM_PYTHON."""
+    checkout = tmp_path / "checkout"
+    venv_python = checkout / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True, exist_ok=True)
+    venv_python.write_text("#!/bin/sh\nexit 99\n")
+    venv_python.chmod(0o755)
+    env = fake_slurm_env(tmp_path, srun=RECORDING_SRUN)
+    del env["ERPRM_PYTHON"]
+    env.update(SLURM_SUBMIT_DIR=str(checkout), SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_TASK_COUNT="1", **env_vars)
+    proc = subprocess.run(["bash", str(REPO / "slurm" / script), *SCRIPT_ARGS[script]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return (tmp_path / "srun.args").read_text().splitlines()
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_pyxis_mounts_the_checkout_and_runs_the_images_python(script, tmp_path):
+    launched = launched_by(script, tmp_path, ERPRM_CONTAINER_IMAGE="/images/nemo-erprm.sqsh",
+                           ERPRM_LABEL_IMAGE="", ERPRM_CONTAINER_MOUNTS="/models:/models,/data:/data:ro")
+    checkout = str(tmp_path / "checkout")
+    assert "--container-image=/images/nemo-erprm.sqsh" in launched
+    # pyxis mounts only what --container-mounts lists; --container-workdir alone mounts nothing
+    assert f"--container-mounts={checkout}:{checkout},/models:/models,/data:/data:ro" in launched
+    assert f"--container-workdir={checkout}" in launched
+    command = launched[next(i for i, a in enumerate(launched) if not a.startswith("--")):]
+    assert command[0] == "python3", command  # the image's interpreter, never the mounted CPU .venv
+    assert not any(".venv" in a for a in launched)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_pyxis_without_extra_mounts_still_mounts_the_checkout(script, tmp_path):
+    launched = launched_by(script, tmp_path, ERPRM_CONTAINER_IMAGE="img.sqsh")
+    checkout = str(tmp_path / "checkout")
+    assert f"--container-mounts={checkout}:{checkout}" in launched
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_without_a_container_the_checkouts_venv_runs(script, tmp_path):
+    launched = launched_by(script, tmp_path)
+    assert not any(a.startswith("--container") for a in launched)
+    assert ".venv/bin/python" in launched
+
+
+def test_labeling_runs_in_the_vllm_image_when_one_is_named(tmp_path):
+    launched = launched_by("label_rollouts.sh", tmp_path, ERPRM_CONTAINER_IMAGE="nemo.sqsh",
+                           ERPRM_LABEL_IMAGE="label-vllm.sqsh")
+    assert "--container-image=label-vllm.sqsh" in launched and "python3" in launched
 
 
 @pytest.mark.slow
