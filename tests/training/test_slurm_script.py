@@ -160,3 +160,41 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(setup, reference
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "requeue" not in (tmp_path / "scontrol.calls").read_text()
     assert_resumed_equals_reference(reference, out)
+
+
+def dockerfile_stages() -> tuple[dict[str, str], list[tuple[str, str, list[str]]]]:
+    """(ARG defaults, [(base image, stage name, RUN commands)]) of the Dockerfile."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    args: dict[str, str] = {}
+    stages: list[tuple[str, str, list[str]]] = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "ARG" and "=" in words[1] and not stages:
+            name, value = line.split(None, 1)[1].split("=", 1)
+            args[name] = value.strip('"')
+        elif words[0] == "FROM":
+            base = words[1]
+            for name, value in args.items():
+                base = base.replace("${%s}" % name, value)
+            stages.append((base, words[3] if len(words) > 3 else "", []))
+        elif words[0] == "RUN":
+            stages[-1][2].append(line)
+    return args, stages
+
+
+def test_vllm_has_its_own_image_and_the_training_image_keeps_its_torch():
+    _, stages = dockerfile_stages()
+    default_base, _, default_runs = stages[-1]  # docker build without --target builds the last stage
+    assert default_base.startswith("nvcr.io/nvidia/nemo:")
+    assert not any("vllm" in run for run in default_runs), "vLLM would replace the NeMo image's torch under TE/apex"
+    label = [s for s in stages if s[1] == "label-vllm"]
+    assert label and label[0][0].startswith("vllm/vllm-openai:")
+    for _, name, runs in stages:
+        for run in runs:
+            for install in run.split("&&"):
+                if "pip install" in install and "--no-deps" not in install:
+                    # the image's own packages as constraints: nothing it ships can be replaced
+                    assert "-c /tmp/image-pins.txt" in install, (name, install)
+    assert "--target label-vllm" in (REPO / "slurm" / "label_rollouts.sh").read_text()
