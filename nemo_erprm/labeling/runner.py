@@ -55,12 +55,48 @@ def _check_run_identity(out_dir: Path, cfg: LabelConfig) -> None:
     tasks of one job start together, so the first writer wins atomically and the others compare."""
     identity = json.loads(json.dumps(cfg.identity()))
     path = out_dir / "run.yaml"
-    saved = create_file_once(path, yaml.safe_dump(identity, sort_keys=True, allow_unicode=True))
-    if yaml.safe_load(saved) != identity:
+    saved = yaml.safe_load(create_file_once(path, yaml.safe_dump(identity, sort_keys=True, allow_unicode=True)))
+    if saved != identity:
+        diff = differing_keys(saved if isinstance(saved, dict) else {}, identity)
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:4])
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
         raise RunStateError(
-            f"{path}: the output folder holds records made with another config "
-            "(compare with this run's settings); choose a new output.dir or delete the folder"
+            f"{path}: the output folder holds records made with another config: {shown}{more}; "
+            "choose a new output.dir or delete the folder"
         )
+
+
+_MISSING = "<unset>"
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted.key, old value, new value)`` for every leaf that differs."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_keys(a, b, name + ".")
+        elif a != b:
+            out.append((name, a, b))
+    return out
+
+
+def check_run_inputs(cfg: LabelConfig, check_model: bool = True) -> None:
+    """Paths checked before anything is written to ``output.dir`` (a typo must not lock it)."""
+    out_dir = Path(cfg.output.dir)
+    for p in [out_dir, *out_dir.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"output.dir={cfg.output.dir}: {p} is a file, not a folder")
+            break
+    if check_model and cfg.backend.name != "offline":
+        from nemo_erprm.embedded import resolve_model_path
+
+        try:
+            resolve_model_path(cfg.backend.model)
+        except ConfigError as e:
+            raise ConfigError(f"backend.model={cfg.backend.model}: {e}") from None
 
 
 def _finished_problems(path: Path) -> set[str]:
@@ -108,6 +144,7 @@ def run_labeling(
         raise ConfigError(f"--shard must be in [0, {num_shards}), got {shard}")
     start = time.time()
     problems = load_problems(cfg.input, cfg.segmentation.step_tag)  # validate before generating
+    check_run_inputs(cfg, check_model=backend is None)
     mine = [(i, p) for i, p in enumerate(problems) if i % num_shards == shard]
     out_dir = Path(cfg.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)

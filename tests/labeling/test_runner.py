@@ -94,6 +94,24 @@ def test_resume_with_another_config_is_refused(tmp_path):
         run_labeling(offline_cfg(tmp_path, seed=7), progress=False)
 
 
+def test_rerun_with_another_config_names_the_keys_that_differ(tmp_path):
+    run_labeling(offline_cfg(tmp_path), progress=False)
+    with pytest.raises(RuntimeError) as e:
+        run_labeling(offline_cfg(tmp_path, seed=7, **{"sampling.temperature": 0.2}), progress=False)
+    assert "sampling.temperature: 0.7 there, 0.2 now" in str(e.value) and "seed: 1234 there, 7 now" in str(e.value)
+
+
+def test_model_typo_fails_before_the_output_folder_is_touched(tmp_path):
+    """A wrong backend.model is reported before run.yaml exists, so the corrected rerun runs."""
+    src = write_jsonl(tmp_path / "offline.jsonl", offline_rows())
+    cfg = load_label_config(None, [f"input.path={src}", "input.format=offline", "input.id_field=id",
+                                   "backend.name=offline", f"output.dir={tmp_path / 'out'}"])
+    cfg.backend.name, cfg.backend.model = "hf", str(tmp_path / "no_such_model")
+    with pytest.raises(ValueError, match=f"backend.model={tmp_path / 'no_such_model'}: model .* is neither"):
+        run_labeling(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def _start_shard_together(barrier, tmp_path, shard, num_shards, errors):
     try:
         cfg = offline_cfg(tmp_path)
