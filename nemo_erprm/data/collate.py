@@ -11,7 +11,10 @@ Batch keys:
 - ``step_mask`` [b, s] bool: the step-tag positions; ``step_targets`` [b, s] float32 ER labels
 - ``step_sample`` [b, s] int64: index of the sample each tag belongs to (-1 elsewhere)
 - ``num_tokens`` [b] int64: real (non-padding) tokens per row, for throughput
-- ``cu_seqlens`` [b, n+1] int32 / ``max_seqlen``: sample boundaries for THD attention (TE)
+- ``cu_seqlens`` [b, n+1] int32: per row the sample boundaries (padding is a segment of its
+  own, ``-1`` after the last boundary), ``cu_seqlens_argmin`` [b, 1]: index of the first ``-1``,
+  ``max_seqlen`` [b, 1] int32: the row's longest segment. THD attention (TE spec) lays the rows
+  of a micro-batch end to end: :mod:`nemo_erprm.model.thd`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def collate_rows(
     num_tokens = torch.zeros(b, dtype=torch.long)
     max_segments = max(len(r) for r in rows) + 2  # + padding segment, + one -1 sentinel
     cu_seqlens = torch.full((b, max_segments + 1), -1, dtype=torch.int32)
+    max_seqlen = torch.zeros((b, 1), dtype=torch.int32)
     causal = torch.ones((seq_length, seq_length), dtype=torch.bool).tril()
     for r, row in enumerate(rows):
         at = 0
@@ -80,6 +84,7 @@ def collate_rows(
             position_ids[r, at:] = torch.arange(seq_length - at)
             cu.append(seq_length)
         cu_seqlens[r, : len(cu)] = torch.as_tensor(cu, dtype=torch.int32)
+        max_seqlen[r, 0] = max(hi - lo for lo, hi in zip(cu, cu[1:]))
     return {
         "tokens": tokens,
         "position_ids": position_ids,
@@ -90,7 +95,7 @@ def collate_rows(
         "num_tokens": num_tokens,
         "cu_seqlens": cu_seqlens,
         "cu_seqlens_argmin": torch.argmin(cu_seqlens, dim=1, keepdim=True),
-        "max_seqlen": torch.tensor([[seq_length]], dtype=torch.int32).expand(b, 1).contiguous(),
+        "max_seqlen": max_seqlen,
     }
 
 

@@ -62,7 +62,9 @@ class LMTokensHead(torch.nn.Module):
         local_rows = output_weight[(ids - start).clamp(0, output_weight.shape[0] - 1)]
         local_rows = local_rows * owned.unsqueeze(-1).to(local_rows.dtype)
         hidden = copy_to_tensor_model_parallel_region(hidden)
-        logits = hidden @ local_rows.t()
+        # float32 product: the loss is a softmax over the *difference* of two logits, which
+        # bf16 (8 mantissa bits) rounds away when both are large; the product is tiny ([n, 2]).
+        logits = hidden.float() @ local_rows.float().t()
         return reduce_from_tensor_model_parallel_region(logits)
 
 

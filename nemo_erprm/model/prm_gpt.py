@@ -7,7 +7,9 @@ those go through the head (see :mod:`nemo_erprm.model.heads`). Other stages retu
 states for the pipeline as usual.
 
 RoPE honours ``position_ids``, so several samples packed in one row (positions restarting
-at 0, block-diagonal attention mask) compute exactly what they compute unpacked.
+at 0, block-diagonal attention mask) compute exactly what they compute unpacked. Rows of one
+sample pass ``position_ids=None`` and use megatron's shared RoPE table; under the TE spec,
+packed rows use THD attention instead (``packed_seq_params``, :mod:`nemo_erprm.model.thd`).
 """
 
 from __future__ import annotations
@@ -53,9 +55,22 @@ class ERPRMGPTModel(GPTModel):
                     self.output_layer.weight.requires_grad_(False)
 
     def _positional_rotary(self, rotary_pos_emb, position_ids: Optional[torch.Tensor]):
-        """Index RoPE frequencies by ``position_ids`` ([b, s]) -> [s, b, 1, d]."""
+        """RoPE frequencies for this batch: without ``position_ids`` megatron's shared table
+        ``[s, 1, 1, d]`` (every row counts 0..s-1); with them, the table indexed per row
+        ``[s, b, 1, d]`` (rows packing several samples, positions restarting at each).
+
+        Transformer Engine's fused RoPE accepts only the shared table (``freqs.size(1) == 1``,
+        ``apply_rope.cpp``), so per-row positions with ``apply_rope_fusion`` are refused here
+        rather than failing inside the kernel; packed rows under the TE spec go through THD
+        (:mod:`nemo_erprm.model.thd`), where RoPE restarts at the sample boundaries."""
         if rotary_pos_emb is None or position_ids is None or isinstance(rotary_pos_emb, tuple):
             return rotary_pos_emb
+        if self.config.apply_rope_fusion:
+            raise ValueError(
+                "per-row RoPE positions (rows packing several samples, attention by mask) cannot use fused RoPE: "
+                "set apply_rope_fusion=False, use THD attention (packed_attention with the TE spec), or pass "
+                "position_ids=None for rows of one sample each"
+            )
         table = rotary_pos_emb[:, 0, 0, :]  # [max_s, d]
         return table[position_ids.transpose(0, 1)].unsqueeze(2)
 
