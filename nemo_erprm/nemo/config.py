@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from nemo.collections.llm.gpt.model.base import GPTConfig, local_layer_spec, transformer_engine_layer_spec
-from nemo.collections.llm.gpt.model.llama import Llama3Config, Llama31Config, LlamaConfig
+from nemo.collections.llm.gpt.model.llama import Llama3Config, Llama31Config, LlamaConfig, apply_rope_scaling
 from nemo.collections.llm.gpt.model.mistral import MistralConfig7B
 from nemo.collections.llm.gpt.model.qwen2 import Qwen2Config
 from nemo.lightning import get_vocab_size
@@ -120,6 +120,20 @@ class ERPRMLlama3Config(ERPRMConfigMixin, Llama3Config):
 @dataclass
 class ERPRMLlama31Config(ERPRMConfigMixin, Llama31Config):
     """Llama-3.1+ (llama3-type RoPE scaling), what NeMo's importer picks for Llama-3.x HF configs."""
+
+    def configure_model(self, tokenizer, pre_process=None, post_process=None, vp_stage=None) -> ERPRMGPTModel:
+        # The mixin's configure_model comes first in the MRO and builds the model itself, so
+        # Llama31Config.configure_model (which rescales RoPE after building) never runs: apply
+        # the same scaling here, with NeMo's function and this config's factors.
+        model = super().configure_model(tokenizer, pre_process, post_process, vp_stage)
+        model.rotary_pos_emb.inv_freq = apply_rope_scaling(
+            model.rotary_pos_emb.inv_freq,
+            factor=self.scale_factor,
+            low_freq_factor=self.low_freq_factor,
+            high_freq_factor=self.high_freq_factor,
+            old_context_len=self.old_context_len,
+        )
+        return model
 
 
 @dataclass

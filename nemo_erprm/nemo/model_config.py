@@ -13,12 +13,20 @@
       precision: bf16          # bf16 | fp16 | fp32
       transformer_impl: local  # local | transformer_engine
       fp8: null                # null | hybrid | e4m3   (transformer_engine only)
-      fp8_recipe: delayed      # delayed | tensorwise | mxfp8 | blockwise
+      fp8_recipe: delayed      # delayed | tensorwise | mxfp8 (Blackwell only) | blockwise
       recompute: none          # none | selective | full
+      packed_attention: null   # null: THD (cu_seqlens) exactly when TE spec + data.packing
 
 FP8 and Transformer Engine form one switch: ``fp8`` is accepted only with
 ``transformer_impl: transformer_engine`` (megatron's local spec would silently ignore it),
 and the TE spec only where Transformer Engine is installed.
+
+Packed rows (``data.packing``) need attention that keeps the samples of a row apart. The local
+spec applies the block-diagonal ``attention_mask``; Transformer Engine's causal attention
+ignores ``attention_mask``, so under the TE spec packed rows go through THD attention
+(``cu_seqlens``, :mod:`nemo_erprm.model.thd`). ``packed_attention`` picks it: ``null`` (the
+default) turns THD on exactly for TE + packing; ``true`` asks for it (TE spec only); ``false``
+with TE + packing is refused (samples would attend to each other).
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ class ModelConfig:
     recompute: str = "none"
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
+    packed_attention: Optional[bool] = None  # THD attention (cu_seqlens); null: on for TE spec + packing
 
     def validate(self) -> "ModelConfig":
         from nemo_erprm.nemo.config import FAMILIES
@@ -96,7 +105,48 @@ class ModelConfig:
             check_precision_switch(self.transformer_impl, self.fp8)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None
+        if self.packed_attention and self.transformer_impl != "transformer_engine":
+            raise ConfigError(
+                "model.packed_attention=true (THD attention) needs model.transformer_impl=transformer_engine: "
+                "the local spec's attention takes the block-diagonal mask instead (set packed_attention: null)"
+            )
+        check_fp8_recipe_on_this_gpu(self.fp8, self.fp8_recipe)
         return self
+
+    def uses_thd(self, packing: bool) -> bool:
+        """Whether packed rows go through THD attention (see the module doc); refuses the
+        combination where samples of a row would attend to each other."""
+        te = self.transformer_impl == "transformer_engine"
+        if self.packed_attention is None:
+            return te and packing
+        if te and packing and not self.packed_attention:
+            raise ConfigError(
+                "model.packed_attention=false with model.transformer_impl=transformer_engine and data.packing=true: "
+                "Transformer Engine's causal attention ignores the block-diagonal mask, so packed samples would "
+                "attend to each other; set model.packed_attention: null (THD) or data.packing: false"
+            )
+        return bool(self.packed_attention)
+
+
+def gpu_compute_capability() -> Optional[tuple[int, int]]:
+    """(major, minor) of the current CUDA device; None without CUDA (nothing to check)."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())
+
+
+def check_fp8_recipe_on_this_gpu(fp8: Optional[str], fp8_recipe: str) -> None:
+    """MXFP8 needs Blackwell (compute capability >= 10.0; Transformer Engine's
+    ``check_mxfp8_support``): on a Hopper it would fail at the first FP8 GEMM, after the job
+    waited in the queue and loaded the model. Checked where a GPU is visible."""
+    if not fp8 or fp8_recipe != "mxfp8":
+        return
+    cap = gpu_compute_capability()
+    if cap is not None and cap < (10, 0):
+        raise ConfigError(
+            f"model.fp8_recipe=mxfp8 needs a Blackwell GPU (compute capability >= 10.0); this GPU is "
+            f"sm_{cap[0]}{cap[1]}: use model.fp8_recipe=delayed or tensorwise"
+        )
 
 
 def label_token_ids(tokenizer: Any, cfg: ModelConfig) -> tuple[Optional[int], Optional[int]]:
@@ -141,6 +191,7 @@ def build_erprm_config(cfg: ModelConfig, tokenizer: Any = None, **extra: Any):
         fp8_recipe=cfg.fp8_recipe,
         hidden_dropout=cfg.hidden_dropout,
         attention_dropout=cfg.attention_dropout,
+        packed_attention=bool(cfg.packed_attention),  # train.py resolves null with data.packing
         **RECOMPUTE[cfg.recompute],
     )
     kwargs.update(extra)

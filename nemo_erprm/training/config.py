@@ -122,7 +122,21 @@ class TrainConfig:
             raise ConfigError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
         if self.trainer.validate_only and self.model.init_from is None:
             raise ConfigError("trainer.validate_only needs model.init_from (the checkpoint to evaluate)")
+        self._validate_packed_attention()
         return self
+
+    def _validate_packed_attention(self) -> None:
+        """TE spec + packing goes through THD attention (see ModelConfig.uses_thd, which refuses
+        turning it off); THD lays a micro-batch out as one row [1, b*s], and pipeline stages
+        exchange activations shaped [s, b, h], so with pipeline parallelism it takes one row."""
+        m, d = self.model, self.data
+        if m.uses_thd(d.packing) and m.pipeline_model_parallel_size > 1 and d.micro_batch_size > 1:
+            raise ConfigError(
+                f"data.micro_batch_size={d.micro_batch_size} with THD attention (model.transformer_impl="
+                f"transformer_engine, data.packing=true) and model.pipeline_model_parallel_size="
+                f"{m.pipeline_model_parallel_size}: THD lays a micro-batch out as one row, which pipeline stages "
+                f"would exchange in the wrong shape; set data.micro_batch_size=1 (packed rows are long already)"
+            )
 
 
 def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = (), validate: bool = True) -> TrainConfig:
