@@ -97,35 +97,47 @@ def tokenizer_for_random_init(cfg: TrainConfig):
 
 def build_prm_config(cfg: TrainConfig, tokenizer: Any):
     """The NeMo PRM config: the checkpoint's (shape, head, tokens) with this run's layout,
-    precision and recompute settings, or a fresh one from the `model` section."""
-    from nemo_erprm.nemo.model_config import PRECISIONS, build_erprm_config
+    precision and recompute settings, or a fresh one from the `model` section.
+
+    Every setting is written through :func:`set_config_fields`, so the checkpoints of this run
+    record it in their io context (a plain setattr is not saved: a run's FP8/TE settings would
+    be lost and the checkpoint reloaded with the init checkpoint's). Packed rows under the TE
+    spec use THD attention (``model.packed_attention``); packed rows under the local spec need
+    per-row RoPE positions, which fused RoPE cannot take: fusion is turned off, and said so."""
+    from nemo_erprm.nemo.model_config import PRECISIONS, build_erprm_config, set_config_fields
 
     m = cfg.model
+    thd = m.uses_thd(cfg.data.packing)
     if m.init_from is None:
-        return build_erprm_config(m, tokenizer)
-    from nemo_erprm.convert.load import load_prm_config
-    from nemo_erprm.model.build import RECOMPUTE
+        prm = build_erprm_config(m, tokenizer, packed_attention=thd)
+    else:
+        from nemo_erprm.convert.load import load_prm_config
+        from nemo_erprm.model.build import RECOMPUTE
 
-    prm, _ = load_prm_config(m.init_from)
-    if m.step_tag != prm.step_tag or m.head != prm.head:
-        raise ConfigError(f"model.init_from {m.init_from} has head={prm.head!r}, step tag {prm.step_tag!r}; "
-                          f"the config says head={m.head!r}, step_tag={m.step_tag!r}")
-    _, dtype = PRECISIONS[m.precision]
-    layout = dict(
-        tensor_model_parallel_size=m.tensor_model_parallel_size,
-        pipeline_model_parallel_size=m.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
-        sequence_parallel=m.sequence_parallel, transformer_impl=m.transformer_impl, fp8=m.fp8,
-        fp8_recipe=m.fp8_recipe, params_dtype=dtype, pipeline_dtype=dtype, bf16=m.precision == "bf16",
-        fp16=m.precision == "fp16", hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
-        **RECOMPUTE[m.recompute],
-    )
-    if m.seq_length:
-        layout["seq_length"] = m.seq_length
-    for key, value in layout.items():
-        setattr(prm, key, value)
-    prm.init_model_with_meta_device = False
-    prm.perform_initialization = True
+        prm, _ = load_prm_config(m.init_from)
+        if m.step_tag != prm.step_tag or m.head != prm.head:
+            raise ConfigError(f"model.init_from {m.init_from} has head={prm.head!r}, step tag {prm.step_tag!r}; "
+                              f"the config says head={m.head!r}, step_tag={m.step_tag!r}")
+        _, dtype = PRECISIONS[m.precision]
+        recompute_off = dict(recompute_granularity=None, recompute_method=None, recompute_num_layers=None)
+        layout = dict(
+            tensor_model_parallel_size=m.tensor_model_parallel_size,
+            pipeline_model_parallel_size=m.pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
+            sequence_parallel=m.sequence_parallel, transformer_impl=m.transformer_impl, fp8=m.fp8,
+            fp8_recipe=m.fp8_recipe, params_dtype=dtype, pipeline_dtype=dtype, bf16=m.precision == "bf16",
+            fp16=m.precision == "fp16", hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
+            packed_attention=thd, **{**recompute_off, **RECOMPUTE[m.recompute]},
+        )
+        if m.seq_length:
+            layout["seq_length"] = m.seq_length
+        set_config_fields(prm, **layout, init_model_with_meta_device=False, perform_initialization=True)
+    if cfg.data.packing and not thd and getattr(prm, "apply_rope_fusion", False):
+        set_config_fields(prm, apply_rope_fusion=False)
+        if global_rank() == 0:
+            print("note: RoPE fusion is off for this run: data.packing=true with model.transformer_impl=local gives "
+                  "rows of several samples, whose per-row RoPE positions Transformer Engine's fused RoPE cannot "
+                  "take (model.transformer_impl=transformer_engine packs through THD attention instead)", flush=True)
     return prm
 
 

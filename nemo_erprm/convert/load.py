@@ -30,9 +30,39 @@ def load_prm_config(ckpt: str | Path):
     return model.config, model.tokenizer
 
 
+def inference_settings(cfg: Any, transformer_impl: str = "local") -> Any:
+    """Turn a checkpoint's training settings into scoring/export settings, weights untouched.
+
+    A checkpoint's context records how it was trained: FP8, the Transformer Engine spec,
+    sequence parallelism, recompute, THD attention. None of it changes the function the
+    weights compute, and several would fail here: FP8 needs TE and a GPU, and TE's FP8 GEMMs
+    need token counts divisible by 8 (``assert_dim_for_fp8_exec``), which arbitrary scoring
+    batches are not; the TE spec needs TE installed. So scoring and export run in high
+    precision on ``transformer_impl`` (the local spec by default: megatron's own modules,
+    CPU or GPU; checkpoint keys are the same for both specs), with unfused RoPE (scorers pass
+    per-row positions)."""
+    from nemo_erprm.model.build import have_transformer_engine
+    from nemo_erprm.runtime.cpu_backend import TE_ONLY_FUSIONS
+
+    if transformer_impl == "transformer_engine" and not have_transformer_engine():
+        transformer_impl = "local"
+    cfg.transformer_impl = transformer_impl
+    cfg.fp8 = None
+    cfg.fp8_param = False
+    cfg.sequence_parallel = False
+    cfg.packed_attention = False
+    cfg.recompute_granularity = cfg.recompute_method = cfg.recompute_num_layers = None
+    fusions = TE_ONLY_FUSIONS if transformer_impl == "local" else ("apply_rope_fusion",)
+    for name in fusions:
+        if hasattr(cfg, name):
+            setattr(cfg, name, False)
+    return cfg
+
+
 def load_prm_modules(ckpt: str | Path, tp: int = 1, pp: int = 1, vpp: Optional[int] = None,
-                     dtype: Optional[torch.dtype] = None):
-    """``(modules, config, tokenizer)``: this rank's model chunk(s) with the checkpoint's weights.
+                     dtype: Optional[torch.dtype] = None, transformer_impl: str = "local"):
+    """``(modules, config, tokenizer)``: this rank's model chunk(s) with the checkpoint's weights,
+    set up for scoring/export (:func:`inference_settings`: no FP8, ``transformer_impl`` spec).
 
     Initialises torch.distributed and megatron's parallel state for (tp, pp) when needed."""
     from megatron.core import dist_checkpointing, parallel_state
@@ -40,6 +70,7 @@ def load_prm_modules(ckpt: str | Path, tp: int = 1, pp: int = 1, vpp: Optional[i
     from nemo_erprm.runtime.parallel import init_distributed
 
     cfg, tokenizer = load_prm_config(ckpt)
+    inference_settings(cfg, transformer_impl)
     cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size = tp, pp
     cfg.virtual_pipeline_model_parallel_size = vpp
     if dtype is not None:

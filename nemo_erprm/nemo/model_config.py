@@ -214,3 +214,16 @@ def build_precision_plugin(cfg: ModelConfig):
     precision, dtype = PRECISIONS[cfg.precision]
     fp8 = {"fp8": cfg.fp8, "fp8_recipe": cfg.fp8_recipe} if cfg.fp8 else {}
     return nl.MegatronMixedPrecision(precision=precision, params_dtype=dtype, pipeline_dtype=dtype, **fp8)
+
+
+def set_config_fields(config: Any, **values: Any) -> Any:
+    """Set fields of a NeMo config *and* of its io record (``config.__io__``, the arguments
+    NeMo saves as the checkpoint's ``context/``). A plain ``setattr`` after construction is
+    not saved: a checkpoint would reload with the old value (NeMo's precision plugin updates
+    both the same way)."""
+    io = getattr(config, "__io__", None)
+    for name, value in values.items():
+        setattr(config, name, value)
+        if io is not None:
+            setattr(io, name, value)
+    return config
