@@ -19,7 +19,10 @@ Runs (``OUT/runs/<name>``) and checks:
 - ``fp8``: the same with ``model.fp8=hybrid`` -> tokens/s, MFU (against the bf16 peak);
 - ``unpacked``: one sample per row, 4x the rows per step = the same samples per step;
   check ``thd_parity``: same sample ids per step, loss (and grad norm) of every step equal
-  to ``bf16``'s within --loss-rtol / --grad-rtol (packed samples must not see each other);
+  to ``bf16``'s within --loss-rtol / --grad-rtol (packed samples must not see each other).
+  Margin, measured on CPU with these records and random-init PRMs (4x512, 8x1024): letting
+  packed samples see their row neighbours moves the loss by 12-24%; bf16 instead of fp32
+  moves it by 0.08-0.1%; the default 1e-2 sits between;
 - ``tp2_sp`` (2+ GPUs visible, else skipped): TP=2 with sequence parallelism, 2 processes;
   check ``sp_parity`` against ``bf16`` (a gradient summed twice shows as a 2x grad norm).
 
@@ -189,7 +192,7 @@ def base_config(records: Path, tokenizer: str, out_dir: Path, steps: int) -> dic
                   "fp8": None, "fp8_recipe": "delayed", "recompute": "selective"},
         "data": {"train": str(records), "val_fraction": 0.0, "eta": 2, "packing": True,
                  "micro_batch_size": MICRO_ROWS, "global_batch_size": GLOBAL_ROWS},
-        "optim": {"lr": 1.0e-5, "min_lr": 0.0, "warmup_ratio": 0.0, "clip_grad": 1.0},
+        "optim": {"lr": 1.0e-5, "min_lr": 0.0, "warmup_ratio": 0.0, "clip_grad": 1.0, "distributed_optimizer": True},
         "trainer": {"max_steps": steps, "val_check_interval": 10_000, "checkpoint_every_n_steps": 10_000,
                     "log_every_n_steps": 1, "devices": 1},
         "logging": {"tensorboard": False, "sample_ids": True},
@@ -433,8 +436,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="output folder (default outputs/gpu_check/<UTC time>)")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of tokens/s")
-    parser.add_argument("--loss-rtol", type=float, default=2e-3, help="parity: per-step loss, relative")
-    parser.add_argument("--grad-rtol", type=float, default=2e-2, help="parity: per-step grad norm, relative")
+    parser.add_argument("--loss-rtol", type=float, default=1e-2, help="parity: per-step loss, relative")
+    parser.add_argument("--grad-rtol", type=float, default=5e-2, help="parity: per-step grad norm, relative")
     parser.add_argument("--budget-s", type=float, default=450, help="wall-clock budget for all runs")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of this GPU (MFU)")
     args = parser.parse_args(argv)
