@@ -36,7 +36,11 @@ def gather_step_hidden(hidden_states: torch.Tensor, step_mask: torch.Tensor, seq
     Steps come out in row-major ``[batch, seq]`` order, the order of ``targets[step_mask]``.
     """
     if sequence_parallel:  # hidden states are split along the sequence: gather them first
-        hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=True)
+        # The gradient arriving here is already complete and identical on every TP rank (the
+        # lm_tokens head all-reduces it, the scalar head is replicated), so the backward must
+        # only take this rank's slice: a reduce-scatter (tensor_parallel_output_grad=True)
+        # would sum TP copies and multiply every backbone gradient by the TP size.
+        hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False)
     return hidden_states.transpose(0, 1)[step_mask]
 
 

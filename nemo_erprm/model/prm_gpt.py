@@ -54,6 +54,16 @@ class ERPRMGPTModel(GPTModel):
                     # so weight decay does not drift it.
                     self.output_layer.weight.requires_grad_(False)
 
+    def _wait_for_output_weight(self) -> None:
+        """The lm_tokens head reads the output layer's weight without calling the layer, so run
+        the layer's forward pre-hooks first: there megatron's DDP waits for the weight's
+        all-gather when the distributed optimizer overlaps the parameter gather with the
+        forward pass (``overlap_param_gather``). Skipping them reads stale rows and leaves the
+        bucket's gather pending, which fails the next step. (A tied weight on the first stage
+        has no parameter here: the embedding's own hook already waited for it.)"""
+        for hook in list(self.output_layer._forward_pre_hooks.values()):
+            hook(self.output_layer, ())
+
     def _positional_rotary(self, rotary_pos_emb, position_ids: Optional[torch.Tensor]):
         """RoPE frequencies for this batch: without ``position_ids`` megatron's shared table
         ``[s, 1, 1, d]`` (every row counts 0..s-1); with them, the table indexed per row
@@ -117,6 +127,7 @@ class ERPRMGPTModel(GPTModel):
             raise ValueError("the last pipeline stage needs step_mask to know where the step tags are")
         hidden = gather_step_hidden(hidden_states, step_mask, self.config.sequence_parallel)
         if self.head_type == "lm_tokens":
+            self._wait_for_output_weight()
             weight = (
                 self.shared_embedding_or_output_weight()
                 if self.share_embeddings_and_output_weights
