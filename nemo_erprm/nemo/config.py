@@ -48,7 +48,6 @@ class ERPRMConfigMixin:
             for name in TE_ONLY_FUSIONS:
                 if hasattr(self, name):
                     setattr(self, name, False)
-            self.sequence_parallel = False
         from nemo_erprm.runtime.cpu_backend import cpu_backend_enabled
 
         if cpu_backend_enabled():

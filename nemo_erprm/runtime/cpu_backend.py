@@ -15,7 +15,15 @@ Patched (see ../shared/docs/ENVIRONMENT.md for the measurements behind each):
  5. ``torch.cuda.current_stream/Stream/Event/stream`` -> inert stand-ins.
  6. NeMo: megatron's RNG tracker is seeded on CPU too; the resume-time CUDA check is a no-op.
  7. Configs: TE-only fusions off for every megatron config built (NeMo's family configs
-    default them on), and :func:`adapt_config_for_cpu` also unbatches pipeline p2p.
+    default them on; they are kernels, not settings a user requests), and
+    :func:`adapt_config_for_cpu` also unbatches pipeline p2p.
+ 8. Norms: megatron's fallback norm (``WrappedTorchNorm``, used by the local spec without
+    apex) refuses sequence parallelism; under SP the backend builds the same torch norm and
+    marks its weights ``sequence_parallel`` so megatron all-reduces their gradients over TP,
+    as TE's and apex's norms do. Sequence parallelism is never turned off.
+
+What the backend changes is reported by :func:`cpu_backend_changes` (the training entry prints
+it and records it in the run folder); a requested setting is never changed silently.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any
 import torch
 
 _ENABLED = False
+_CHANGES: dict[str, str] = {}  # setting -> what the backend did and why (see cpu_backend_changes)
 
 _FACTORIES = (
     "empty", "zeros", "ones", "full", "tensor", "arange", "rand", "randn", "randint", "randperm",
@@ -196,13 +205,45 @@ def _patch_transformer_config() -> None:
 
     def __post_init__(self):
         for name in TE_ONLY_FUSIONS:
-            if hasattr(self, name):
+            if getattr(self, name, False):
                 setattr(self, name, False)
-        self.sequence_parallel = False
+                _CHANGES.setdefault(name, "off: the fused kernel needs Transformer Engine / CUDA")
         original(self)
 
     __post_init__._erprm_cpu = True
     TransformerConfig.__post_init__ = __post_init__
+
+
+def sequence_parallel_norm(config: Any, hidden_size: int, eps: float = 1e-5) -> torch.nn.Module:
+    """torch's LayerNorm/RMSNorm for sequence-parallel activations: each TP rank normalises its
+    slice of the sequence, so the weight gradients are partial sums that megatron's
+    ``finalize_model_grads`` all-reduces over TP for parameters marked ``sequence_parallel``."""
+    norms = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}
+    if config.normalization not in norms:
+        raise ValueError(f"sequence parallelism on the CPU backend supports {sorted(norms)}, "
+                         f"not normalization={config.normalization!r}")
+    norm = norms[config.normalization](hidden_size, eps=eps, dtype=config.params_dtype)
+    for param in norm.parameters():
+        setattr(param, "sequence_parallel", True)
+    return norm
+
+
+def _patch_torch_norm() -> None:
+    """(8) Let megatron's torch-norm fallback build sequence-parallel norms."""
+    from megatron.core.transformer import torch_norm
+
+    wrapped = torch_norm.WrappedTorchNorm
+    original = wrapped.__new__
+    if getattr(original, "_erprm_cpu", False):
+        return
+
+    def __new__(cls, config, hidden_size, eps=1e-5, *args, **kwargs):
+        if getattr(config, "sequence_parallel", False):
+            return sequence_parallel_norm(config, hidden_size, eps)
+        return original(cls, config, hidden_size, eps, *args, **kwargs)
+
+    __new__._erprm_cpu = True
+    wrapped.__new__ = __new__
 
 
 def _patch_nemo() -> None:
@@ -243,6 +284,11 @@ def cpu_backend_enabled() -> bool:
     return _ENABLED
 
 
+def cpu_backend_changes() -> dict[str, str]:
+    """Settings of megatron configs this process's CPU backend changed, with the reason."""
+    return dict(_CHANGES)
+
+
 def enable_cpu_backend() -> None:
     """Install the CPU patches in this process (idempotent). Refuses when CUDA is available."""
     global _ENABLED
@@ -255,20 +301,19 @@ def enable_cpu_backend() -> None:
     _patch_torch()
     _patch_megatron_rng()
     _patch_transformer_config()
+    _patch_torch_norm()
     _patch_nemo()
     _ENABLED = True
 
 
 def adapt_config_for_cpu(config: Any) -> Any:
     """(c) A megatron config for the CPU backend: no fusions needing Transformer Engine / apex /
-    CUDA kernels, no sequence parallelism, local attention, and unbatched pipeline p2p
-    (measured: batched isend/irecv over gloo mixes up activations in the interleaved
-    virtual-pipeline schedule; unbatched p2p matches TP=1 exactly)."""
+    CUDA kernels, local attention, and unbatched pipeline p2p (measured: batched isend/irecv
+    over gloo mixes up activations in the interleaved virtual-pipeline schedule; unbatched p2p
+    matches TP=1 exactly). Sequence parallelism is kept: it runs over gloo."""
     for name in TE_ONLY_FUSIONS:
         if hasattr(config, name):
             setattr(config, name, False)
-    if hasattr(config, "sequence_parallel"):
-        config.sequence_parallel = False
     if hasattr(config, "batch_p2p_comm"):
         config.batch_p2p_comm = False
     if hasattr(config, "attention_backend"):
