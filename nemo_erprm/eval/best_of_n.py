@@ -1,12 +1,17 @@
 """Best-of-N accuracy curves: for N in {1, 2, 4, ..., N_max}, every method's accuracy over
 subsets of N candidates per problem, with a 95% bootstrap interval over problems.
 
+N runs up to the largest N that at least half of the problems reach (``n_max`` up to the most
+candidates of any problem); each point averages over the problems with at least N candidates,
+and says how many (``problems``).
+
 Subsets: all of them when a problem has at most ``subsets`` of size N (exact), else
 ``subsets`` random ones (seeded). Per problem the accuracy is the mean over its subsets;
 the curve point is the mean over problems; the interval resamples problems.
 
 Methods: ``random`` (exact: the mean correctness of the subset), ``oracle`` (pass@N),
-``majority`` (majority vote on final answers), and per aggregation ``prm_<agg>`` (the PRM's
+``majority`` (majority vote on final answers, equal values grouped as the grader compares them:
+``20.50`` and ``20.5`` are one answer), and per aggregation ``prm_<agg>`` (the PRM's
 pick) and ``weighted_<agg>`` (PRM-weighted majority vote).
 """
 
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from nemo_erprm.eval.aggregate import aggregate, oracle_accuracy, pick_accuracy, random_accuracy, vote_accuracy
-from nemo_erprm.eval.candidates import BoNProblem
+from nemo_erprm.eval.candidates import BoNProblem, vote_key
 
 
 @dataclass
@@ -28,6 +33,7 @@ class CurvePoint:
     accuracy: float
     low: float
     high: float
+    problems: int = 0  # problems with at least n candidates: the ones this point averages
 
 
 def n_values(n_max: int) -> list[int]:
@@ -58,7 +64,7 @@ def subset_accuracy(method: str, problem: BoNProblem, idx: Sequence[int],
         return random_accuracy(correct)
     if method == "oracle":
         return oracle_accuracy(correct)
-    answers = [problem.candidates[i].answer for i in idx]
+    answers = [vote_key(problem.candidates[i].answer) for i in idx]  # grouped by the grader's equality
     if method == "majority":
         return vote_accuracy(answers, correct)
     kind, agg = method.split("_", 1)
@@ -91,8 +97,8 @@ def best_of_n_curves(
 ) -> dict[str, list[CurvePoint]]:
     """``step_scores[p][c]``: the step scores of candidate c of problem p (None: no PRM).
     Problems without a known correctness for every candidate are rejected by the caller."""
-    k_min = min(len(p.candidates) for p in problems)
-    n_max = min(n_max or k_min, k_min)
+    most = max(len(p.candidates) for p in problems)
+    n_max = min(n_max, most) if n_max else largest_n(problems)
     agg_scores = None
     if step_scores is not None:
         agg_scores = [{a: [aggregate(s, a) for s in cands] for a in aggregations} for cands in step_scores]
@@ -100,14 +106,42 @@ def best_of_n_curves(
     curves: dict[str, list[CurvePoint]] = {m: [] for m in methods}
     for n in n_values(n_max):
         rng = random.Random(f"{seed}:{n}")
-        chosen = [subsets_of(len(p.candidates), n, subsets, rng) for p in problems]
+        counted = [j for j, p in enumerate(problems) if len(p.candidates) >= n]  # fewer: no subset of size n
+        chosen = {j: subsets_of(len(problems[j].candidates), n, subsets, rng) for j in counted}
         for m in methods:
             per_problem = [
-                sum(subset_accuracy(m, p, idx, agg_scores[j] if agg_scores else None) for idx in chosen[j])
+                sum(subset_accuracy(m, problems[j], idx, agg_scores[j] if agg_scores else None) for idx in chosen[j])
                 / len(chosen[j])
-                for j, p in enumerate(problems)
+                for j in counted
             ]
             mean = sum(per_problem) / len(per_problem)
             low, high = bootstrap_interval(per_problem, bootstrap, seed * 1000 + n)
-            curves[m].append(CurvePoint(n, mean, low, high))
+            curves[m].append(CurvePoint(n, mean, low, high, len(counted)))
     return curves
+
+
+def largest_n(problems: Sequence[BoNProblem]) -> int:
+    """The largest N with at least half of the problems (so a curve point never rests on a
+    few problems with unusually many candidates)."""
+    counts = sorted((len(p.candidates) for p in problems), reverse=True)
+    return counts[(len(counts) - 1) // 2]
+
+
+def coverage_notes(problems: Sequence[BoNProblem], curves: dict[str, list[CurvePoint]],
+                   n_max_requested: Optional[int]) -> list[str]:
+    """Console lines saying which N values average over fewer than all problems, and why the
+    curve stops where it does."""
+    points = next(iter(curves.values()))
+    total, notes = len(problems), []
+    for p in points:
+        if p.problems < total:
+            notes.append(f"N={p.n}: {p.problems} of {total} problems count ({total - p.problems} have fewer than "
+                         f"{p.n} candidates)")
+    top = points[-1].n
+    most = max(len(p.candidates) for p in problems)
+    if n_max_requested and n_max_requested > top:
+        notes.append(f"--n-max {n_max_requested}: curves stop at N={top} (no problem has more than {most} candidates)")
+    elif top < most:
+        notes.append(f"curves stop at N={top}: fewer than half of the problems have more candidates "
+                     f"(up to {most}; --n-max {most} goes further)")
+    return notes

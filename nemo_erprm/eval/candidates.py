@@ -19,14 +19,31 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import lru_cache
 from typing import Any, Optional
 
 from nemo_erprm.jsonl import RecordError, iter_jsonl
 from nemo_erprm.labeling.answers import extract_answer
-from nemo_erprm.labeling.grading import grade_answer, normalize_answer
+from nemo_erprm.labeling.grading import grade_answer, normalize_answer, parse_number
 from nemo_erprm.labeling.segmentation import SegmentationConfig, StepTagError, split_steps
 
 LAYOUTS = ("auto", "bon4", "rlhflow", "ours")
+
+
+@lru_cache(maxsize=1 << 16)
+def vote_key(answer: Optional[str]) -> Optional[str]:
+    """The key majority votes group answers by: the grader's numeric value for numbers (so
+    ``20.50``/``20.5`` and ``12.0``/``12`` are one answer, to the grader's 6 decimals), else the
+    normalised text."""
+    if answer is None:
+        return None
+    value = parse_number(answer)
+    if value is None:
+        return answer
+    try:
+        return f"={round(float(value), 6)!r}"
+    except OverflowError:  # beyond float: the exact value
+        return f"={value}"
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _GOLD_FIELDS = ("gold", "gt", "answer")
 

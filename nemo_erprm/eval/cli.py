@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from nemo_erprm.errors import ConfigError, run_reporting_errors
+from nemo_erprm.errors import ArgumentParser, ConfigError, run_reporting_errors
 
 DEFAULT_AGGREGATIONS = ("min", "last", "mean", "product", "geomean")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="best_of_n.py", description="Best-of-N evaluation of an ER-PRM.")
+    p = ArgumentParser(prog="best_of_n.py", description="Best-of-N evaluation of an ER-PRM.")
     src = p.add_argument_group("candidates")
     src.add_argument("--candidates", help="candidate file (layouts: bon4, rlhflow, ours; see nemo_erprm.eval.candidates)")
     src.add_argument("--layout", default="auto", choices=["auto", "bon4", "rlhflow", "ours"])
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "candidates_scored.jsonl, scores_cache.jsonl)")
     p.add_argument("--aggregation", default=",".join(DEFAULT_AGGREGATIONS),
                    help=f"comma-separated, from {DEFAULT_AGGREGATIONS}")
-    p.add_argument("--n-max", type=int, help="largest N (default: the fewest candidates of any problem)")
+    p.add_argument("--n-max", type=int, help="largest N (default: the largest N at least half of the problems have; "
+                   "each N averages over the problems with at least N candidates)")
     p.add_argument("--subsets", type=int, default=200, help="random subsets per problem and N (all if fewer exist)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% interval")
     p.add_argument("--batch-size", type=int, default=8,
@@ -94,24 +95,70 @@ def score_all(scorer, items, cache_path: Path, batch_size: int, progress: bool, 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from nemo_erprm.eval.best_of_n import best_of_n_curves
-    from nemo_erprm.eval.candidates import load_candidates
-    from nemo_erprm.eval.report import curves_json, file_sha256, write_report
-    from nemo_erprm.eval.scorers import describe_scorer, load_scorer
-    from nemo_erprm.labeling.segmentation import SegmentationConfig
-
     aggregations = [a.strip() for a in args.aggregation.split(",") if a.strip()]
     unknown = sorted(set(aggregations) - set(DEFAULT_AGGREGATIONS))
     if unknown or not aggregations:
         raise ConfigError(f"--aggregation: unknown {unknown}; choose from {DEFAULT_AGGREGATIONS}")
     if bool(args.candidates) == bool(args.generate):
         raise ConfigError("give either --candidates FILE or --generate N (with --problems)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_args(args)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    try:
+        return _run_into(args, aggregations, out_dir)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty --out folder behind
+        raise
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Argument and path checks that need no model and no data."""
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--n-max", args.n_max, 1),
+                               ("--subsets", args.subsets, 1), ("--bootstrap", args.bootstrap, 0),
+                               ("--max-length", args.max_length, 2), ("--generate", args.generate, 1),
+                               ("--limit", args.limit, 1)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
+    out = Path(args.out)
+    for p in [out, *out.resolve().parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"--out {args.out}: {p} is a file, not a folder")
+            break
+    if args.candidates and not Path(args.candidates).is_file():
+        raise ConfigError(f"--candidates {args.candidates}: no such file")
+    if args.scorer != "none" and not Path(args.scorer).is_dir():
+        raise ConfigError(f"--scorer {args.scorer}: no such folder (or 'none')")
+
+
+def check_lengths(scorer, problems, candidates_path: Path, max_length: int) -> None:
+    """Every candidate must fit in --max-length with all its steps: checked before scoring
+    starts, naming the line and the candidate."""
+    from nemo_erprm.labeling.segmentation import render_prm_input
+
+    step_tokenizer = scorer.step_tokenizer
+    for p in problems:
+        for c in p.candidates:
+            ex = step_tokenizer(render_prm_input(p.question, c.steps, scorer.step_tag), [0.0] * len(c.steps))
+            if ex is None or len(ex.tag_positions) != len(c.steps):
+                raise ConfigError(f"{candidates_path}:{p.line}: candidate {c.source!r} ({len(c.steps)} steps) does not "
+                                  f"fit in --max-length {max_length} tokens; raise --max-length or drop it")
+
+
+def _run_into(args: argparse.Namespace, aggregations: list, out_dir: Path) -> dict:
+    from nemo_erprm.eval.best_of_n import best_of_n_curves, coverage_notes
+    from nemo_erprm.eval.candidates import load_candidates
+    from nemo_erprm.eval.report import curves_json, file_sha256, write_report
+    from nemo_erprm.eval.scorers import describe_scorer, load_scorer
+    from nemo_erprm.labeling.segmentation import SegmentationConfig
+
     started = time.time()
-    candidates_path = Path(args.candidates) if args.candidates else generate_candidates(args, out_dir)
+    if args.candidates:
+        candidates_path = Path(args.candidates)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        candidates_path = generate_candidates(args, out_dir)
 
     scorer = load_scorer(args.scorer, args.max_length, args.dtype, args.batch_size)
     step_tag = scorer.step_tag if scorer is not None else "ки"
@@ -127,6 +174,8 @@ def run(args: argparse.Namespace) -> dict:
 
     step_scores = None
     if scorer is not None:
+        check_lengths(scorer, problems, candidates_path, args.max_length)
+        out_dir.mkdir(parents=True, exist_ok=True)
         items = [(p.question, c.steps) for p in problems for c in p.candidates]
         flat = score_all(scorer, items, out_dir / "scores_cache.jsonl", args.batch_size, not args.no_progress, "scoring")
         step_scores, at = [], 0
@@ -134,6 +183,9 @@ def run(args: argparse.Namespace) -> dict:
             step_scores.append(flat[at: at + len(p.candidates)])
             at += len(p.candidates)
     curves = best_of_n_curves(problems, step_scores, aggregations, args.n_max, args.subsets, args.bootstrap, args.seed)
+    for note in coverage_notes(problems, curves, args.n_max):
+        print(f"note: {note}", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_candidate_scores(out_dir / "candidates_scored.jsonl", problems, step_scores, aggregations)
 
     report = {
@@ -192,6 +244,7 @@ def processbench(args: argparse.Namespace, scorer, out_dir: Path) -> dict:
 def print_summary(curves) -> None:
     ns = [p.n for p in next(iter(curves.values()))]
     print("method".ljust(18) + "".join(f"N={n}".rjust(9) for n in ns))
+    print("problems".ljust(18) + "".join(f"{p.problems:9d}" for p in next(iter(curves.values()))))
     for m, pts in curves.items():
         print(m.ljust(18) + "".join(f"{p.accuracy:9.3f}" for p in pts))
 

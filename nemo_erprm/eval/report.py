@@ -40,10 +40,13 @@ def markdown_report(report: dict[str, Any]) -> str:
     curves = report["best_of_n"]
     ns = [p["n"] for p in next(iter(curves.values()))]
     lines += ["| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    first = next(iter(curves.values()))
+    lines.append("| problems counted | " + " | ".join(str(p.get("problems", "")) for p in first) + " |")
     for m, pts in curves.items():
         cells = [f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}]" for p in pts]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy, with the 95% bootstrap interval over problems in brackets."]
+    lines += ["", "Accuracy, with the 95% bootstrap interval over problems in brackets; each N averages over "
+              "the problems with at least N candidates."]
     if report.get("processbench"):
         pb = report["processbench"]
         c = pb["chosen"]

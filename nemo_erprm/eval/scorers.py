@@ -114,6 +114,7 @@ class HFScorer:
         self.inner = HFPRMScorer(str(self.path), dtype=dtype, max_length=max_length, micro_batch_size=micro_batch_size)
         self.step_tag, self.head = self.inner.step_tag, self.inner.head
         self.tokenizer, self.max_length = self.inner.tokenizer, max_length
+        self.step_tokenizer = self.inner.step_tokenizer
         self.fingerprint = directory_fingerprint(self.path, "hf")
 
     def score_batch(self, items: Sequence[Item]) -> list[list[float]]:
