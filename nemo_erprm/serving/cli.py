@@ -13,11 +13,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from nemo_erprm.errors import ConfigError, run_reporting_errors
+from nemo_erprm.errors import ArgumentParser, ConfigError, run_reporting_errors
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="serve_prm.py", description="Serve an ER-PRM as a reward model.")
+    p = ArgumentParser(prog="serve_prm.py", description="Serve an ER-PRM as a reward model.")
     p.add_argument("--scorer", required=True, help="HF export (prm_config.json) or PRM checkpoint (weights/ + context/)")
     p.add_argument("--protocol", choices=["http", "aligner"], default="http")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 to expose)")
@@ -40,14 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Argument and path checks before the model loads."""
+    from pathlib import Path
+
+    for flag, value, least in (("--max-batch", args.max_batch, 1), ("--max-tokens", args.max_tokens, 1),
+                               ("--queue-size", args.queue_size, 1), ("--max-length", args.max_length, 2),
+                               ("--max-body-bytes", args.max_body_bytes, 1), ("--max-items", args.max_items, 1)):
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
+    if not args.timeout_s > 0 or not args.max_wait_ms >= 0:
+        raise ConfigError(f"--timeout-s must be > 0 and --max-wait-ms >= 0, got {args.timeout_s}, {args.max_wait_ms}")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if args.scorer != "none" and not Path(args.scorer).is_dir():
+        raise ConfigError(f"--scorer {args.scorer}: no such folder")
+    if args.token_file and not Path(args.token_file).is_file():
+        raise ConfigError(f"--token-file {args.token_file}: no such file")
+
+
 def serve(args: argparse.Namespace) -> int:
     from nemo_erprm.eval.scorers import load_scorer
     from nemo_erprm.serving.service import RewardConfig, RewardService
 
     if args.scorer == "none":
         raise ConfigError("--scorer must be a PRM (an HF export or a checkpoint)")
-    if args.max_batch < 1:
-        raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
+    check_args(args)
     try:
         config = RewardConfig(aggregation=args.aggregation, transform=args.transform,
                               segmentation_rule=args.segmentation_rule, response_marker=args.response_marker).validate()
@@ -77,6 +97,17 @@ def serve(args: argparse.Namespace) -> int:
                                            args.timeout_s),
                     token=token, limits=Limits(args.max_body_bytes, args.max_items))
     port = args.port or 8000
+    if token is None and args.host not in LOOPBACK:
+        print(f"warning: --host {args.host} without --token-file: anyone who can reach this machine on port {port} "
+              "can use the scorer", file=sys.stderr, flush=True)
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    access = logging.getLogger("nemo_erprm.serving.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
     print(f"serving {args.scorer} on http://{args.host}:{port} (POST /score, POST /get_reward, GET /health, "
           f"GET /metrics)", flush=True)
     uvicorn.run(app, host=args.host, port=port, log_level="warning", timeout_graceful_shutdown=30)

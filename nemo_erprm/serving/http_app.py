@@ -7,7 +7,8 @@
   "prompts": [prompt], "labels": [...]}`` -> ``{"rewards": [...], "scores": [...],
   "extra_logs": {"num_steps": [...], "min_step_score": [...]}}``. The response is the part of
   each query after its prompt (or after ``--response-marker`` when no prompts are sent).
-- ``GET /health``; ``GET /metrics`` (requests, batch sizes, latency percentiles).
+- ``GET /health``; ``GET /metrics`` (requests, batch sizes, latency percentiles, and ``http``:
+  every answered request by status, refused and failed ones included).
 
 Safety: bearer token (``Authorization: Bearer ...``) when configured; body size, items per
 request and text length limits (413); malformed input -> 4xx with ``{"error", "field"}``;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -25,6 +27,8 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the handl
 
 from nemo_erprm.serving.batcher import BatcherConfig, DynamicBatcher, Overloaded, ShuttingDown, TimedOut
 from nemo_erprm.serving.service import RequestError, RewardService
+
+access_log = logging.getLogger("nemo_erprm.serving.access")  # one line per request (serve_prm.py shows it)
 
 
 @dataclass
@@ -47,6 +51,43 @@ def _str(obj: dict, key: str, where: str) -> str:
     return value
 
 
+def _first_invalid_text(obj: Any, where: str = "") -> Optional[str]:
+    """The field (``items[0].response``) of the first string that is not encodable Unicode."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(obj, dict):
+        children = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list):
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for name, value in children:
+        found = _first_invalid_text(value, name)
+        if found is not None:
+            return found
+    return None
+
+
+class HTTPCounters:
+    """Every answered request by status class, for /metrics (the batcher counts only what
+    reached the model)."""
+
+    def __init__(self) -> None:
+        self.responses: dict[int, int] = {}
+
+    def count(self, status: int) -> None:
+        self.responses[status] = self.responses.get(status, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        by_class = lambda lo: sum(n for s, n in self.responses.items() if lo <= s < lo + 100)  # noqa: E731
+        return {"total": sum(self.responses.values()), "ok": by_class(200), "client_errors": by_class(400),
+                "server_errors": by_class(500), "by_status": {str(k): v for k, v in sorted(self.responses.items())}}
+
+
 def build_app(service: RewardService, batcher_config: BatcherConfig, token: Optional[str] = None,
               limits: Limits = Limits()):
     from contextlib import asynccontextmanager
@@ -62,6 +103,18 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
         await batcher.drain()  # graceful shutdown: answer what was accepted
 
     app = FastAPI(title="nemo-erprm reward service", lifespan=lifespan)
+    counters = HTTPCounters()
+
+    @app.middleware("http")
+    async def count_and_log(request: Request, call_next):
+        import time
+
+        start = time.perf_counter()
+        response = await call_next(request)
+        counters.count(response.status_code)
+        access_log.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
+                        (time.perf_counter() - start) * 1000)
+        return response
 
     async def read_json(request: Request) -> Any:
         if token is not None:
@@ -75,9 +128,14 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
         if len(body) > limits.max_body_bytes:
             raise RequestError("body", f"larger than {limits.max_body_bytes} bytes", status=413)
         try:
-            return json.loads(body)
+            obj = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError("body", f"not valid JSON ({e})", status=400) from None
+        bad = _first_invalid_text(obj)
+        if bad is not None:  # "\ud800": valid JSON, but no tokenizer can encode it
+            raise RequestError(bad or "body", "holds a lone surrogate escape (e.g. \\ud800): not Unicode text",
+                               status=400)
+        return obj
 
     def check_len(prompt: str, response: str, field: str) -> None:
         if len(prompt) + len(response) > limits.max_chars:
@@ -170,6 +228,8 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
 
     @app.get("/metrics")
     async def metrics():
-        return state["batcher"].stats.snapshot()
+        # "errors"/"rejected" count model batches that failed and full-queue refusals; "http"
+        # counts every answered request, the 4xx refused before reaching the model included
+        return {**state["batcher"].stats.snapshot(), "http": counters.snapshot()}
 
     return app

@@ -117,6 +117,46 @@ def test_bad_requests_get_4xx_naming_the_field(server, body, raw, status, field)
     assert call(server, "/health")[0] == 200  # still serving
 
 
+def test_lone_surrogate_is_a_400_naming_the_field(server):
+    raw = b'{"items": [{"prompt": "q", "response": "bad \\ud800 text"}]}'
+    got, out = call(server, "/score", None, raw=raw)
+    assert got == 400 and out["field"] == "items[0].response" and "surrogate" in out["error"], out
+
+
+def test_metrics_count_refused_requests(server):
+    before = call(server, "/metrics")[1]["http"]
+    assert call(server, "/score", {"response": RESPONSE})[0] == 422
+    assert call(server, "/score", {"prompt": QUESTION, "response": RESPONSE}, token="wrong")[0] == 401
+    assert call(server, "/score", {"prompt": QUESTION, "response": RESPONSE})[0] == 200
+    after = call(server, "/metrics")[1]["http"]
+    assert after["client_errors"] - before["client_errors"] == 2
+    assert after["by_status"]["401"] - before["by_status"].get("401", 0) == 1
+    assert after["ok"] - before["ok"] == 2  # the first /metrics call and the scored request
+
+
+def test_one_log_line_per_request_and_a_warning_when_exposed_without_token(tiny_prm):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "tools/serve_prm.py", "--scorer", str(tiny_prm), "--port", str(port),
+                             "--host", "0.0.0.0", "--max-length", "512"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if call(url, "/health", token=None)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert call(url, "/score", {"prompt": QUESTION, "response": RESPONSE}, token=None)[0] == 200
+        assert call(url, "/score", {"prompt": QUESTION}, token=None)[0] == 422
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert f"warning: --host 0.0.0.0 without --token-file: anyone who can reach this machine on port {port}" in output
+    assert output.count("POST /score 200 ") == 1 and output.count("POST /score 422 ") == 1, output
+
+
 def test_openrlhf_bad_payloads(server):
     assert call(server, "/get_reward", {"query": "not a list"})[1]["field"] == "query"
     got, out = call(server, "/get_reward", {"query": ["abc"], "prompts": ["xyz"]})
