@@ -1,5 +1,7 @@
 """User-facing errors. CLIs print these as one line; anything else is a bug and shows a traceback."""
 
+import argparse
+
 
 class ERPRMError(Exception):
     """Base class of errors caused by input, config or run state, not by a bug."""
@@ -24,7 +26,8 @@ def run_reporting_errors(fn, *args, **kwargs) -> int:
     try:
         result = fn(*args, **kwargs)
         return result if isinstance(result, int) else 0  # library functions return their outputs
-    except (ERPRMError, FileNotFoundError, OmegaConfBaseException) as e:
+    except (ERPRMError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError, OmegaConfBaseException) as e:  # input and paths: the message names them
         if os.environ.get("ERPRM_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -32,3 +35,14 @@ def run_reporting_errors(fn, *args, **kwargs) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to continue", file=sys.stderr)
         return 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the tools' error format: one ``error: ...`` line and exit code 2 (argparse
+    prints the whole usage first, which buries the line that matters)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import sys
+
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)

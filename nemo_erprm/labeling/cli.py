@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Sequence
 
-from nemo_erprm.errors import run_reporting_errors
+from nemo_erprm.errors import ArgumentParser, ConfigError, run_reporting_errors
 from nemo_erprm.jsonl import iter_jsonl, write_jsonl_atomic
 
 SUBCOMMANDS = ("run", "merge", "relabel", "export")
@@ -21,9 +21,26 @@ SUBCOMMANDS = ("run", "merge", "relabel", "export")
 
 def _parse_eta(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--eta must be a number, inf or -inf, got {text!r}") from None
+        value = float("nan")
+    if value != value:  # nan: no ER label is defined for it
+        raise argparse.ArgumentTypeError(f"--eta must be a number, inf or -inf, got {text!r}")
+    return value
+
+
+def _check_out_file(path: str) -> None:
+    """--out must be able to become a file; checked before anything is read or written."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"--out {path}: is a folder; give a file name")
+    for parent in out.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {path}: {parent} is a file, not a folder")
+            break
 
 
 def _read_records(path: str) -> list[dict]:
@@ -40,7 +57,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from nemo_erprm.labeling.config import dump_config, load_label_config
     from nemo_erprm.labeling.runner import run_labeling
 
-    p = argparse.ArgumentParser(prog="label_rollouts.py run", description="Label rollouts with ER labels.")
+    p = ArgumentParser(prog="label_rollouts.py run", description="Label rollouts with ER labels.")
     p.add_argument("--config", help="YAML config (conf/label_*.yaml); schema defaults otherwise")
     p.add_argument("--shard", type=int, default=int(os.environ.get("ERPRM_SHARD", 0)))
     p.add_argument("--num-shards", type=int, default=int(os.environ.get("ERPRM_NUM_SHARDS", 1)))
@@ -69,10 +86,12 @@ def cmd_run(argv: Sequence[str]) -> int:
 def cmd_merge(argv: Sequence[str]) -> int:
     from nemo_erprm.labeling.runner import merge_shards
 
-    p = argparse.ArgumentParser(prog="label_rollouts.py merge", description="Merge shard outputs in input order.")
+    p = ArgumentParser(prog="label_rollouts.py merge", description="Merge shard outputs in input order.")
     p.add_argument("--dir", required=True, help="output.dir of the labeling run")
     p.add_argument("--out", help="merged file (default DIR/records.jsonl)")
     args = p.parse_args(argv)
+    if args.out:
+        _check_out_file(args.out)
     path, n = merge_shards(args.dir, args.out)
     print(f"merged {n} records into {path}")
     return 0
@@ -81,7 +100,7 @@ def cmd_merge(argv: Sequence[str]) -> int:
 def cmd_relabel(argv: Sequence[str]) -> int:
     from nemo_erprm.labeling.er_label import labels_for_etas
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="label_rollouts.py relabel", description="Re-derive ER labels for other etas from stored rewards."
     )
     p.add_argument("--input", required=True)
@@ -89,6 +108,7 @@ def cmd_relabel(argv: Sequence[str]) -> int:
     p.add_argument("--replace", action="store_true", help="drop labels of other etas")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    _check_out_file(args.out)
     records = _read_records(args.input)
     for r in records:
         new = labels_for_etas(r["step_rewards"], args.eta)
@@ -101,21 +121,45 @@ def cmd_relabel(argv: Sequence[str]) -> int:
 def cmd_export(argv: Sequence[str]) -> int:
     from nemo_erprm.labeling.formats import EXPORT_FORMATS, export_records
 
-    p = argparse.ArgumentParser(prog="label_rollouts.py export", description="Export records for PRM trainers.")
+    p = ArgumentParser(prog="label_rollouts.py export", description="Export records for PRM trainers.")
     p.add_argument("--input", required=True)
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument("--eta", type=_parse_eta, default=2.0)
     p.add_argument("--threshold", type=float, default=0.5, help="trl: label = ER label > threshold")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    _check_out_file(args.out)
     records = _read_records(args.input)
     n = write_jsonl_atomic(args.out, export_records(records, args.format, args.eta, args.threshold))
     print(f"exported {n} records as {args.format} (eta={args.eta}) -> {args.out}")
     return 0
 
 
+USAGE = """usage: label_rollouts.py [run] --config FILE [--shard I --num-shards N] [key=value ...]
+       label_rollouts.py merge --dir OUT_DIR [--out FILE]
+       label_rollouts.py relabel --input records.jsonl --eta ETA [--eta ...] --out FILE
+       label_rollouts.py export --input records.jsonl --format text_value|trl --eta ETA --out FILE
+
+subcommands (each has --help):
+  run      label rollouts with ER labels (the default subcommand)
+  merge    merge the shard files of a run in input order
+  relabel  re-derive ER labels for other etas from the stored rewards
+  export   export records for other PRM trainers (text_value, trl)
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    if argv and not argv[0].startswith("-") and "=" not in argv[0] and argv[0] not in SUBCOMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"error: unknown subcommand {argv[0]!r}{hint}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
     handler = {"run": cmd_run, "merge": cmd_merge, "relabel": cmd_relabel, "export": cmd_export}[command]
     return run_reporting_errors(handler, argv)
