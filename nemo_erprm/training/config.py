@@ -7,6 +7,7 @@ weights and tokenizer come from), ``data``, ``optim``, ``trainer``, ``logging``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -116,8 +117,15 @@ class TrainConfig:
             raise ConfigError(f"data.validation: {self.data.validation} does not exist")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ConfigError("data.val_fraction must be in [0, 1)")
-        if self.data.global_batch_size % self.data.micro_batch_size:
-            raise ConfigError("data.global_batch_size must be a multiple of data.micro_batch_size")
+        d = self.data
+        if d.micro_batch_size < 1 or d.global_batch_size < 1:
+            raise ConfigError(f"data.micro_batch_size={d.micro_batch_size} and data.global_batch_size="
+                              f"{d.global_batch_size} must be at least 1")
+        if d.global_batch_size % d.micro_batch_size:
+            raise ConfigError(f"data.global_batch_size={d.global_batch_size} must be a multiple of "
+                              f"data.micro_batch_size={d.micro_batch_size}")
+        if math.isnan(d.eta):
+            raise ConfigError("data.eta=nan: must be a number (.inf / -.inf allowed)")
         if self.optim.lr <= 0 or not 0.0 <= self.optim.warmup_ratio < 1.0:
             raise ConfigError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
         if self.trainer.validate_only and self.model.init_from is None:
@@ -140,18 +148,21 @@ class TrainConfig:
 
 
 def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = (), validate: bool = True) -> TrainConfig:
-    parts = [OmegaConf.structured(TrainConfig)]
-    try:
+    merged = OmegaConf.structured(TrainConfig)
+    where = "schema"
+    try:  # each source merged on its own, so an error names the file or the command line
         if path:
             if not Path(path).is_file():
                 raise ConfigError(f"--config {path}: no such file")
-            parts.append(OmegaConf.load(path))
+            where = path
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
         if overrides:
-            parts.append(OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.to_object(OmegaConf.merge(*parts))
+            where = "command line"
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        where = "config"
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
     assert isinstance(cfg, TrainConfig)
     return cfg.validate() if validate else cfg
 
