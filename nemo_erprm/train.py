@@ -44,6 +44,8 @@ from nemo_erprm.training.config import TrainConfig, dump_train_config, load_trai
 REPO = Path(__file__).resolve().parents[1]
 # Settings a resumed run must share with the run it resumes (layout, precision, optimizer
 # and trainer settings may change between restarts).
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                 "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS")
 RESUME_IDENTITY = ("data", "model.init_from", "model.head", "model.step_tag", "model.tokenizer", "run.seed")
 
 
@@ -154,6 +156,60 @@ def devices_per_node(cfg: TrainConfig, on_gpu: bool) -> int:
     return cfg.model.tensor_model_parallel_size * cfg.model.pipeline_model_parallel_size
 
 
+def num_nodes(cfg: TrainConfig) -> int:
+    """Nodes of this job: Slurm's count under Slurm (Lightning's SLURM environment refuses a
+    ``num_nodes`` that differs from ``SLURM_NNODES``), else ``trainer.num_nodes``."""
+    nnodes = os.environ.get("SLURM_NNODES", "")
+    if "SLURM_JOB_ID" in os.environ and nnodes.isdigit():
+        if cfg.trainer.num_nodes not in (1, int(nnodes)):
+            raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} but the Slurm job has {nnodes} nodes")
+        return int(nnodes)
+    return cfg.trainer.num_nodes
+
+
+def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool, nodes: int,
+                       devices: int) -> dict[str, Any]:
+    """What this run really uses, next to what the config asked for: ``changed`` lists every
+    setting that differs from the request or from the model family's default, with the reason."""
+    from dataclasses import fields
+
+    from nemo_erprm.runtime.cpu_backend import TE_ONLY_FUSIONS, cpu_backend_changes
+
+    m, o = cfg.model, cfg.optim
+    effective = {
+        "backend": "gpu (nccl)" if on_gpu else "cpu backend (gloo)",
+        "nodes": nodes, "devices_per_node": devices,
+        "tensor_model_parallel_size": prm_config.tensor_model_parallel_size,
+        "pipeline_model_parallel_size": prm_config.pipeline_model_parallel_size,
+        "virtual_pipeline_model_parallel_size": prm_config.virtual_pipeline_model_parallel_size,
+        "sequence_parallel": prm_config.sequence_parallel,
+        "transformer_impl": prm_config.transformer_impl,
+        "precision": m.precision, "fp8": prm_config.fp8,
+        "recompute_granularity": prm_config.recompute_granularity,
+        "distributed_optimizer": ddp.use_distributed_optimizer,
+        "overlap_grad_reduce": ddp.overlap_grad_reduce,
+        "overlap_param_gather": ddp.overlap_param_gather,
+        "fully_reshardable_checkpoints": ddp.use_distributed_optimizer and o.reshardable_checkpoints,
+    }
+    requested = {
+        "tensor_model_parallel_size": m.tensor_model_parallel_size,
+        "pipeline_model_parallel_size": m.pipeline_model_parallel_size,
+        "virtual_pipeline_model_parallel_size": m.virtual_pipeline_model_parallel_size,
+        "sequence_parallel": m.sequence_parallel, "transformer_impl": m.transformer_impl, "fp8": m.fp8,
+        "distributed_optimizer": o.distributed_optimizer, "overlap_grad_reduce": o.overlap_grad_reduce,
+        "overlap_param_gather": o.overlap_param_gather,
+    }
+    changed = {key: f"requested {want!r}, running {effective[key]!r}" for key, want in requested.items()
+               if want is not None and want != effective[key]}
+    defaults = {f.name: f.default for f in fields(type(prm_config)) if f.name in TE_ONLY_FUSIONS}
+    for name, default in defaults.items():
+        if default is True and not getattr(prm_config, name):
+            changed[name] = "off (family default on): the fused kernel needs Transformer Engine"
+    for name, why in cpu_backend_changes().items():
+        changed.setdefault(name, why)
+    return {"effective": effective, "changed": changed}
+
+
 def run(cfg: TrainConfig) -> Path:
     import torch
 
@@ -217,6 +273,10 @@ def run(cfg: TrainConfig) -> Path:
     # 3. model + optimizer
     _, dtype = PRECISIONS[m.precision]
     dist_opt = on_gpu if o.distributed_optimizer is None else o.distributed_optimizer
+    if dist_opt:
+        from nemo_erprm.runtime.dist_optimizer import make_dist_optimizer_checkpointable
+
+        make_dist_optimizer_checkpointable()  # see runtime/dist_optimizer.py
     optim = nl.MegatronOptimizerModule(
         config=OptimizerConfig(
             optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
@@ -228,6 +288,10 @@ def run(cfg: TrainConfig) -> Path:
             min_lr=o.min_lr),
     )
     model = ERPRMModel(prm_config, optim=optim, tokenizer=tokenizer)
+    ddp = DistributedDataParallelConfig(
+        use_distributed_optimizer=dist_opt, grad_reduce_in_fp32=True, check_for_nan_in_grad=True,
+        overlap_grad_reduce=on_gpu if o.overlap_grad_reduce is None else o.overlap_grad_reduce,
+        overlap_param_gather=dist_opt and (on_gpu if o.overlap_param_gather is None else o.overlap_param_gather))
 
     # 5. trainer
     strategy = nl.MegatronStrategy(
@@ -235,13 +299,21 @@ def run(cfg: TrainConfig) -> Path:
         pipeline_model_parallel_size=m.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
         sequence_parallel=m.sequence_parallel,
-        ddp=DistributedDataParallelConfig(
-            use_distributed_optimizer=dist_opt, grad_reduce_in_fp32=True, check_for_nan_in_grad=True,
-            overlap_grad_reduce=on_gpu, overlap_param_gather=on_gpu and dist_opt),
+        ddp=ddp,
+        ckpt_optim_fully_reshardable=dist_opt and o.reshardable_checkpoints,
         ckpt_load_strictness="log_all",  # an lm_tokens PRM has no head weights to load
         ckpt_async_save=False,  # a preempted job must not exit before its checkpoint is written
         replace_progress_bar=False,  # NeMo's replacement deadlocks multi-rank CPU runs
     )
+    nodes, devices = num_nodes(cfg), devices_per_node(cfg, on_gpu)
+    settings = effective_settings(cfg, prm_config, ddp, on_gpu, nodes, devices)
+    if global_rank() == 0:
+        (run_dir / "effective_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        by_reason: dict[str, list[str]] = {}
+        for key, why in settings["changed"].items():
+            by_reason.setdefault(why, []).append(key)
+        for why, keys in by_reason.items():  # all of it in effective_settings.json
+            print(f"note: {', '.join(keys)}: {why}", flush=True)
     plugins: list = [build_precision_plugin(m)]
     if "SLURM_JOB_ID" in os.environ:  # our preemption path checkpoints; slurm/train_erprm.sh requeues
         from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -259,8 +331,8 @@ def run(cfg: TrainConfig) -> Path:
         callbacks.append(StopAfterSteps(t.stop_after_steps))
     trainer = nl.Trainer(
         accelerator="gpu" if on_gpu else "cpu",
-        devices=devices_per_node(cfg, on_gpu),
-        num_nodes=t.num_nodes,
+        devices=devices,
+        num_nodes=nodes,
         max_steps=max(max_steps, 1),
         val_check_interval=min(t.val_check_interval, max(max_steps, 1)),
         check_val_every_n_epoch=None,  # validate every k optimizer steps, across epochs
@@ -314,8 +386,10 @@ def run(cfg: TrainConfig) -> Path:
         final = last_checkpoint(run_dir)
         if final is None:
             raise ConfigError(f"{run_dir}/checkpoints: no final checkpoint to export")
+        # a plain single process: torchrun's/Slurm's rank variables would make it join this job
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("TORCHELASTIC_")}
         subprocess.run([sys.executable, str(REPO / "tools" / "export_hf_checkpoint.py"), "--ckpt", str(final),
-                        "--out", str(run_dir / "hf")], check=True)
+                        "--out", str(run_dir / "hf")], check=True, env=env)
     return run_dir
 
 

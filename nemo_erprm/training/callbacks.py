@@ -4,7 +4,8 @@ Metrics exist on the ranks of the last pipeline stage (where NeMo reduces the lo
 rank with tensor- and data-parallel rank 0 there writes them:
 
 - ``metrics.jsonl``: one line per optimizer step ``{"step", "loss", "step_accuracy",
-  "step_mae", "tokens_per_s", "lr", "consumed_samples", "time"}`` and one per validation
+  "step_mae", "tokens_per_s", "grad_norm", "lr", "consumed_samples", "time"}`` (``grad_norm``:
+  the global norm before clipping) and one per validation
   ``{"step", "split": "validation", "loss", "step_accuracy", ...}``;
 - ``samples.jsonl`` (``logging.sample_ids``): ``{"step", "sample_ids"}`` per step.
 
@@ -54,6 +55,13 @@ def current_lr(trainer: Any) -> Optional[float]:
         return float(trainer.optimizers[0].param_groups[0]["lr"])
     except (IndexError, KeyError, AttributeError):
         return None
+
+
+def current_grad_norm(trainer: Any) -> Optional[float]:
+    """The global gradient norm of this step before clipping, as megatron's optimizer returned
+    it (NeMo's strategy logs it as ``grad_norm``); None when clipping is off (optim.clip_grad=0)."""
+    value = trainer.callback_metrics.get("grad_norm")
+    return None if value is None else float(value)
 
 
 def format_eta(seconds: float) -> str:
@@ -110,6 +118,7 @@ class TrainingMetrics(L.Callback):
             "step_accuracy": m["step_accuracy"],
             "step_mae": m["step_mae"],
             "tokens_per_s": m.get("tokens", 0.0) / elapsed if elapsed > 0 else None,
+            "grad_norm": current_grad_norm(trainer),
             "lr": current_lr(trainer),
             "consumed_samples": step * self.global_batch_size,
             "time": time.time(),
@@ -123,8 +132,9 @@ class TrainingMetrics(L.Callback):
             eta = format_eta(rate * (trainer.max_steps - step))
             tps = rec["tokens_per_s"] or 0.0
             lr = rec["lr"] if rec["lr"] is not None else float("nan")
-            print(f"step {step}/{trainer.max_steps} | loss {m['loss']:.4f} | step acc {m['step_accuracy']:.3f} | "
-                  f"{tps:,.0f} tok/s | lr {lr:.2e} | ETA {eta}", flush=True)
+            gnorm = f" | grad norm {rec['grad_norm']:.3f}" if rec["grad_norm"] is not None else ""
+            print(f"step {step}/{trainer.max_steps} | loss {m['loss']:.4f} | step acc {m['step_accuracy']:.3f}"
+                  f"{gnorm} | {tps:,.0f} tok/s | lr {lr:.2e} | ETA {eta}", flush=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not is_metrics_rank():

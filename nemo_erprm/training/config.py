@@ -62,6 +62,15 @@ class OptimConfig:
     clip_grad: float = 1.0
     warmup_ratio: float = 0.03  # of max steps, linear warmup, then cosine to min_lr
     distributed_optimizer: Optional[bool] = None  # null: on with GPUs, off on the CPU backend
+    # Overlap the gradient reduce-scatter with the backward pass and the parameter all-gather
+    # with the next forward (megatron DDP). null: on with GPUs (the gather only with the
+    # distributed optimizer), off on the CPU backend; both run on CPU when set.
+    overlap_grad_reduce: Optional[bool] = None
+    overlap_param_gather: Optional[bool] = None
+    # Distributed-optimizer checkpoints in megatron's fully reshardable format, so a run may
+    # resume at another TP/PP/DP layout; false: the faster dp_reshardable format, which can
+    # only change the data-parallel size between restarts.
+    reshardable_checkpoints: bool = True
 
 
 @dataclass
@@ -128,6 +137,8 @@ class TrainConfig:
             raise ConfigError("data.eta=nan: must be a number (.inf / -.inf allowed)")
         if self.optim.lr <= 0 or not 0.0 <= self.optim.warmup_ratio < 1.0:
             raise ConfigError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
+        if self.optim.overlap_param_gather and self.optim.distributed_optimizer is False:
+            raise ConfigError("optim.overlap_param_gather needs optim.distributed_optimizer=true")
         if self.trainer.validate_only and self.model.init_from is None:
             raise ConfigError("trainer.validate_only needs model.init_from (the checkpoint to evaluate)")
         self._validate_packed_attention()
