@@ -29,7 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform", default="none", choices=["none", "minus_half", "logit"])
     p.add_argument("--response-marker", help="split combined texts at the last occurrence of this string")
     p.add_argument("--segmentation-rule", default="newline", choices=["newline", "blank_line", "sentence"])
-    p.add_argument("--actor-tokenizer", help="aligner token input: the actor's tokenizer (HF dir or smollm2)")
+    p.add_argument("--actor-tokenizer", help="the actor's tokenizer (HF dir or smollm2): decodes aligner token input; "
+                   "its chat template locates the question in a templated prompt, its eos is an end string")
+    p.add_argument("--prompt-regex", help="regex whose group 'question' (or group 1) is the raw question inside "
+                   "the actor's prompt (overrides the chat template)")
+    p.add_argument("--end-strings", nargs="*", help="strings stripped from the end of responses "
+                   "(default: common chat end strings + the actor tokenizer's eos)")
+    p.add_argument("--fallback-reward", type=float, help="reward of an unscorable sample (default: the floor, "
+                   "the reward of an empty response)")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=16384, help="tokens per model batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -68,20 +75,46 @@ def serve(args: argparse.Namespace) -> int:
     if args.scorer == "none":
         raise ConfigError("--scorer must be a PRM (an HF export or a checkpoint)")
     check_args(args)
+    from nemo_erprm.embedded import load_tokenizer
+    from nemo_erprm.serving.rollout_text import DEFAULT_END_STRINGS, QuestionExtractor, end_strings_with
+
+    actor = load_tokenizer(args.actor_tokenizer) if args.actor_tokenizer else None
+    ends = tuple(args.end_strings) if args.end_strings is not None else end_strings_with(actor, DEFAULT_END_STRINGS)
+    import re
+
+    try:
+        QuestionExtractor(args.prompt_regex)  # a bad regex is an error before the model loads
+    except (ValueError, re.error) as e:
+        raise ConfigError(f"--prompt-regex {args.prompt_regex!r}: {e}") from None
     try:
         config = RewardConfig(aggregation=args.aggregation, transform=args.transform,
-                              segmentation_rule=args.segmentation_rule, response_marker=args.response_marker).validate()
+                              segmentation_rule=args.segmentation_rule, response_marker=args.response_marker,
+                              fallback_reward=args.fallback_reward, end_strings=ends,
+                              prompt_regex=args.prompt_regex).validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    service = RewardService(load_scorer(args.scorer, args.max_length, args.dtype, args.max_batch), config)
+    service = RewardService(load_scorer(args.scorer, args.max_length, args.dtype, args.max_batch), config, actor)
+    import logging
+
+    unscorable_log = logging.getLogger("nemo_erprm.serving.unscorable")  # each fallback reward, with its reason
+    if not unscorable_log.handlers:
+        unscorable_handler = logging.StreamHandler(sys.stderr)
+        unscorable_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        unscorable_log.addHandler(unscorable_handler)
+        unscorable_log.propagate = False
     if args.protocol == "aligner":
+        import signal
+
         from nemo_erprm.serving.aligner import DEFAULT_PORT, AlignerRewardModel, serve_pytriton
 
-        from nemo_erprm.embedded import load_tokenizer
+        def interrupt(*_):
+            raise KeyboardInterrupt  # PyTriton's serve() stops the server cleanly on SIGINT only
 
-        actor = load_tokenizer(args.actor_tokenizer) if args.actor_tokenizer else None
-        serve_pytriton(AlignerRewardModel(service, actor), args.host, args.port or DEFAULT_PORT,
-                       max_batch=args.max_batch)
+        signal.signal(signal.SIGTERM, interrupt)
+        port = args.port or DEFAULT_PORT
+        serve_pytriton(AlignerRewardModel(service, actor), args.host, port,
+                       ready=lambda: print(f"serving {args.scorer} as PyTriton model 'reward_model' on "
+                                           f"http://{args.host}:{port}", flush=True))
         return 0
     import uvicorn
 

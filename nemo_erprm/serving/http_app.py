@@ -26,7 +26,7 @@ from typing import Any, Optional
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handlers' annotations here
 
 from nemo_erprm.serving.batcher import BatcherConfig, DynamicBatcher, Overloaded, ShuttingDown, TimedOut
-from nemo_erprm.serving.service import RequestError, RewardService
+from nemo_erprm.serving.service import Item, RequestError, RewardService, Unscorable
 
 access_log = logging.getLogger("nemo_erprm.serving.access")  # one line per request (serve_prm.py shows it)
 
@@ -139,13 +139,15 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
 
     def check_len(prompt: str, response: str, field: str) -> None:
         if len(prompt) + len(response) > limits.max_chars:
-            raise RequestError(field, f"longer than {limits.max_chars} characters", status=413)
+            raise Unscorable("too_long", field, f"longer than {limits.max_chars} characters", status=413)
 
     async def score(items: list[tuple[str, list[str]]]):
         batcher: DynamicBatcher = state["batcher"]
         return await batcher.submit(items, [service.count_tokens(it) for it in items])
 
-    def parse_score_item(obj: Any, where: str) -> tuple[str, list[str]]:
+    def parse_score_item(obj: Any, where: str) -> Item:
+        """A well-formed item, or the :class:`Unscorable` that answers it with the fallback
+        reward (malformed input stays a 4xx for the whole request)."""
         if not isinstance(obj, dict):
             raise RequestError(where.rstrip("."), "must be an object")
         prompt = _str(obj, "prompt", where)
@@ -153,11 +155,17 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
             steps = obj["steps"]
             if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
                 raise RequestError(f"{where}steps", "must be a list of strings")
-            check_len(prompt, "".join(steps), f"{where}steps")
-            return service.to_item(prompt, steps=steps, field=f"{where}steps")
+            try:
+                check_len(prompt, "".join(steps), f"{where}steps")
+            except Unscorable as u:
+                return u
+            return service.item_or_unscorable(prompt, steps=steps, field=f"{where}steps")
         response = _str(obj, "response", where)
-        check_len(prompt, response, f"{where}response")
-        return service.to_item(prompt, response=response, field=f"{where}response")
+        try:
+            check_len(prompt, response, f"{where}response")
+        except Unscorable as u:
+            return u
+        return service.item_or_unscorable(prompt, response=response, field=f"{where}response")
 
     async def guarded(handler, request: Request):
         try:
@@ -205,19 +213,22 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
                 raise RequestError("prompts", "must be a list of strings, one per query")
             items = []
             for i, q in enumerate(queries):
-                if prompts is not None:
-                    if not q.startswith(prompts[i]):
-                        raise RequestError(f"query[{i}]", "does not start with its prompt")
-                    prompt, response = prompts[i], q[len(prompts[i]):]
-                else:
-                    prompt, response = service.split_text(q, f"query[{i}]")
-                check_len(prompt, response, f"query[{i}]")
-                items.append(service.to_item(prompt, response=response, field=f"query[{i}]"))
+                try:  # one unscorable query gets the fallback reward, never a failed request
+                    if prompts is not None:
+                        prompt, response = service.split_query(q, prompts[i], f"query[{i}]")
+                    else:
+                        prompt, response = service.split_text(q, f"query[{i}]")
+                    check_len(prompt, response, f"query[{i}]")
+                except Unscorable as u:
+                    items.append(u)
+                    continue
+                items.append(service.item_or_unscorable(prompt, response=response, field=f"query[{i}]"))
             results = await score(items)
             rewards = [r.reward for r in results]
             return {"rewards": rewards, "scores": rewards,
                     "extra_logs": {"num_steps": [len(r.steps) for r in results],
-                                   "min_step_score": [min(r.step_scores) if r.step_scores else 0.0 for r in results]}}
+                                   "min_step_score": [min(r.step_scores) if r.step_scores else 0.0 for r in results],
+                                   "unscorable": [float(r.unscorable is not None) for r in results]}}
 
         return await guarded(handle, request)
 
@@ -230,6 +241,7 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
     async def metrics():
         # "errors"/"rejected" count model batches that failed and full-queue refusals; "http"
         # counts every answered request, the 4xx refused before reaching the model included
-        return {**state["batcher"].stats.snapshot(), "http": counters.snapshot()}
+        return {**state["batcher"].stats.snapshot(), "http": counters.snapshot(),
+                "unscorable": service.unscorable_snapshot()}
 
     return app

@@ -7,19 +7,31 @@ header ``<|im_start|>assistant\\n``), or after ``prompt_length`` characters (Ope
 prompt next to the full query: the query's prefix is the prompt). Token ids from an actor are
 decoded with the actor's tokenizer first; the PRM re-tokenizes with its own (it inserts the
 step tags anyway), so actor and PRM tokenizers may differ.
+
+One bad sample never fails a batch: a sample that cannot be scored (no response marker,
+too long, no steps, the step tag inside its text, a prompt that its query does not continue,
+or the model failing on it alone) is an :class:`Unscorable`; it gets the fallback reward
+(``RewardConfig.fallback_reward``, by default the floor: the reward of an empty response), is
+counted by reason (``RewardService.unscorable``, in ``/metrics``) and logged with its reason.
+RL inputs are cleaned first (:mod:`.rollout_text`): trailing end strings are stripped, and the
+raw question is taken out of a chat-templated prompt.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from nemo_erprm.errors import ERPRMError
 from nemo_erprm.eval.aggregate import AGGREGATIONS, aggregate
 from nemo_erprm.labeling.segmentation import SegmentationConfig, StepTagError, split_steps
+from nemo_erprm.serving.rollout_text import QuestionExtractor, split_at_prompt, strip_end_strings
 
 TRANSFORMS = ("none", "minus_half", "logit")
+log = logging.getLogger("nemo_erprm.serving.unscorable")
 
 
 class RequestError(ERPRMError, ValueError):
@@ -30,6 +42,20 @@ class RequestError(ERPRMError, ValueError):
         self.field, self.message, self.status = field, message, status
 
 
+class Unscorable(RequestError):
+    """A well-formed sample the PRM cannot score; ``reason`` is one of :data:`UNSCORABLE_REASONS`.
+    The service answers it with the fallback reward instead of failing its batch."""
+
+    def __init__(self, reason: str, field: str, message: str, status: int = 422):
+        super().__init__(field, message, status)
+        self.reason = reason
+
+
+UNSCORABLE_REASONS = ("no_marker", "prompt_mismatch", "step_tag", "too_long", "no_steps", "empty_prompt",
+                      "bad_length", "no_question", "scoring_error")
+Item = Union[tuple[str, list[str]], Unscorable]
+
+
 @dataclass
 class RewardConfig:
     aggregation: str = "min"
@@ -37,8 +63,13 @@ class RewardConfig:
     segmentation_rule: str = "newline"
     min_step_chars: int = 8
     response_marker: Optional[str] = None  # split a combined text at its last occurrence
+    fallback_reward: Optional[float] = None  # reward of an unscorable sample (None: the floor)
+    end_strings: tuple[str, ...] = ()  # stripped from the end of every response
+    prompt_regex: Optional[str] = None  # group "question" (or 1): the raw question in a templated prompt
 
     def validate(self) -> "RewardConfig":
+        if self.fallback_reward is not None and not math.isfinite(self.fallback_reward):
+            raise ValueError(f"fallback reward must be a finite number, got {self.fallback_reward}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}")
         if self.transform not in TRANSFORMS:
@@ -51,6 +82,8 @@ class Scored:
     steps: list[str]
     step_scores: list[float]
     reward: float
+    unscorable: Optional[str] = None  # the reason, when ``reward`` is the fallback
+    error: Optional[str] = None  # what was wrong with the sample (field: message)
 
 
 def transform_reward(score: float, how: str) -> float:
@@ -66,11 +99,16 @@ class RewardService:
     """Turns (prompt, response) into steps and a reward with a step scorer (synchronous; the
     HTTP layer batches many requests into one ``score_items`` call)."""
 
-    def __init__(self, scorer: Any, config: RewardConfig):
+    def __init__(self, scorer: Any, config: RewardConfig, actor_tokenizer: Any = None):
         self.scorer, self.config = scorer, config.validate()
         self.segmentation = SegmentationConfig(rule=config.segmentation_rule, min_chars=config.min_step_chars,
                                                step_tag=scorer.step_tag)
         self.tokenizer = getattr(scorer, "tokenizer", None)
+        self.question_of = QuestionExtractor(config.prompt_regex, actor_tokenizer)
+        self.fallback = (config.fallback_reward if config.fallback_reward is not None
+                         else transform_reward(0.0, config.transform))
+        self.unscorable: dict[str, int] = {}
+        self._count_lock = threading.Lock()  # counted from the event loop and the model thread
 
     def split_text(self, text: str, field: str, prompt_length: Optional[int] = None) -> tuple[str, str]:
         if prompt_length is not None:
@@ -83,31 +121,59 @@ class RewardService:
                                       "with --response-marker")
         at = text.rfind(marker)
         if at < 0:
-            raise RequestError(field, f"the response marker {marker!r} does not occur in the text")
+            raise Unscorable("no_marker", field, f"the response marker {marker!r} does not occur in the text")
         return text[:at], text[at + len(marker):]
+
+    def split_query(self, query: str, prompt: str, field: str) -> tuple[str, str]:
+        """(prompt, response) of a query that should continue ``prompt`` (OpenRLHF): the exact
+        prefix, a left-truncated or re-tokenized prompt (:func:`split_at_prompt`), else the
+        response marker; the full prompt is kept for the question."""
+        at = split_at_prompt(query, prompt)
+        if at is not None:
+            return prompt, query[at:]
+        if self.config.response_marker and self.config.response_marker in query:
+            return prompt, self.split_text(query, field)[1]
+        raise Unscorable("prompt_mismatch", field, "the query does not continue its prompt")
+
+    def item_or_unscorable(self, prompt: str, response: Optional[str] = None, steps: Optional[Sequence[str]] = None,
+                           field: str = "response") -> Item:
+        try:
+            return self.to_item(prompt, response, steps, field)
+        except Unscorable as u:
+            return u
 
     def to_item(self, prompt: str, response: Optional[str] = None, steps: Optional[Sequence[str]] = None,
                 field: str = "response") -> tuple[str, list[str]]:
+        """(question, steps) ready for the scorer; raises :class:`Unscorable` naming the reason."""
+        ends = self.config.end_strings
         if steps is None:
             try:
-                steps = split_steps(response or "", self.segmentation)
+                steps = split_steps(strip_end_strings(response or "", ends), self.segmentation)
             except StepTagError as e:
-                raise RequestError(field, str(e)) from None
+                raise Unscorable("step_tag", field, str(e)) from None
         else:
             steps = [str(s) for s in steps]
+            if steps and ends:
+                steps[-1] = strip_end_strings(steps[-1], ends)
             if any(self.scorer.step_tag in s for s in steps):
-                raise RequestError("steps", f"a step contains the step tag {self.scorer.step_tag!r}")
+                raise Unscorable("step_tag", field, f"a step contains the step tag {self.scorer.step_tag!r}")
+        prompt = self.question_of(prompt)
+        prompt_field = field.rsplit(".", 1)[0] + ".prompt" if "." in field else "prompt"
         if self.scorer.step_tag in prompt:
-            raise RequestError("prompt", f"the prompt contains the step tag {self.scorer.step_tag!r}")
+            raise Unscorable("step_tag", prompt_field, f"the prompt contains the step tag {self.scorer.step_tag!r}")
         if not prompt.strip():
-            raise RequestError("prompt", "empty prompt")
+            raise Unscorable("empty_prompt", prompt_field, "empty prompt")
+        if not steps:
+            raise Unscorable("no_steps", field, "no step in the response")
         item = (prompt, list(steps))
         limit = getattr(self.scorer, "max_length", None)
         if limit is not None and self.count_tokens(item) > limit:
-            raise RequestError(field, f"prompt and response exceed the PRM's {limit} tokens", status=413)
+            raise Unscorable("too_long", field, f"prompt and response exceed the PRM's {limit} tokens", status=413)
         return item
 
-    def count_tokens(self, item: tuple[str, list[str]]) -> int:
+    def count_tokens(self, item: Item) -> int:
+        if isinstance(item, Unscorable):
+            return 0
         text = item[0] + "".join(item[1])
         if self.tokenizer is None:
             return len(text) // 3 + 1
@@ -118,10 +184,44 @@ class RewardService:
             return transform_reward(0.0, self.config.transform)  # an empty response earns the floor
         return transform_reward(aggregate(step_scores, self.config.aggregation), self.config.transform)
 
-    def score_items(self, items: Sequence[tuple[str, list[str]]]) -> list[Scored]:
-        nonempty = [i for i, (_, s) in enumerate(items) if s]
-        scores: list[list[float]] = [[] for _ in items]
-        if nonempty:
-            for i, s in zip(nonempty, self.scorer.score_batch([items[i] for i in nonempty])):
-                scores[i] = s
-        return [Scored(list(items[i][1]), scores[i], self.reward_of(scores[i])) for i in range(len(items))]
+    def note_unscorable(self, u: Unscorable) -> Scored:
+        """The fallback answer for ``u``, counted and logged with its reason."""
+        with self._count_lock:
+            self.unscorable[u.reason] = self.unscorable.get(u.reason, 0) + 1
+        log.warning("unscorable sample (%s): %s: %s -> fallback reward %s", u.reason, u.field, u.message, self.fallback)
+        return Scored([], [], self.fallback, unscorable=u.reason, error=str(u))
+
+    def unscorable_snapshot(self) -> dict[str, Any]:
+        with self._count_lock:
+            counts = dict(sorted(self.unscorable.items()))
+        return {"total": sum(counts.values()), "by_reason": counts, "fallback_reward": self.fallback}
+
+    def _score_isolated(self, items: list[tuple[str, list[str]]]) -> list[Union[list[float], Unscorable]]:
+        """Step scores of ``items`` in one batch; if the batch fails, item by item, so that only
+        the items the model fails on alone become unscorable (all failing: the model is broken,
+        the error is raised)."""
+        try:
+            return list(self.scorer.score_batch(items))
+        except Exception as batch_error:
+            if len(items) == 1:
+                return [Unscorable("scoring_error", "sample", f"{type(batch_error).__name__}: {batch_error}")]
+            out: list[Union[list[float], Unscorable]] = []
+            for question, steps in items:
+                try:
+                    out.append(self.scorer.score_batch([(question, steps)])[0])
+                except Exception as e:
+                    out.append(Unscorable("scoring_error", "sample", f"{type(e).__name__}: {e}"))
+            if all(isinstance(o, Unscorable) for o in out):
+                raise batch_error
+            return out
+
+    def score_items(self, items: Sequence[Item]) -> list[Scored]:
+        """Rewards of ``items``; an :class:`Unscorable` (given, or failing in the model alone)
+        gets the fallback reward."""
+        out: list[Optional[Scored]] = [self.note_unscorable(it) if isinstance(it, Unscorable) else None for it in items]
+        todo = [i for i, o in enumerate(out) if o is None]
+        if todo:
+            for i, s in zip(todo, self._score_isolated([items[i] for i in todo])):
+                out[i] = (self.note_unscorable(s) if isinstance(s, Unscorable)
+                          else Scored(list(items[i][1]), list(s), self.reward_of(s)))
+        return out  # type: ignore[return-value]

@@ -1,36 +1,99 @@
-"""verl custom reward function backed by the PRM service.
+"""verl custom reward functions backed by the PRM service (matched to verl b178a3c).
 
 In a verl config::
 
     custom_reward_function:
       path: /path/to/nemo-erprm/nemo_erprm/serving/verl_reward.py
-      name: compute_score
+      name: compute_score              # naive / dapo / reward-loop managers (one sample per call)
+      # name: compute_score_batch      # with reward_model.reward_manager=batch (one call per batch)
 
 with ``ERPRM_REWARD_URL`` (default ``http://127.0.0.1:8000``) and optional ``ERPRM_REWARD_TOKEN``
-in the environment of verl's reward workers. verl passes the decoded response as
-``solution_str``; the question comes from ``extra_info["question"]`` (or ``"prompt"``), which
-the data preparation step puts there. ``ground_truth`` is unused: the PRM judges the steps.
+in the environment of verl's reward workers.
+
+verl calls ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=, **extra)``:
+``get_custom_reward_fn`` merges ``custom_reward_function.reward_kwargs`` into every call, and
+the reward-loop managers add ``reward_router_address`` / ``reward_model_tokenizer``; all of
+them are accepted and ignored. The batch manager calls ``compute_score(data_sources=,
+solution_strs=, ground_truths=, extra_infos=, **reward_kwargs)``: :func:`compute_score_batch`
+sends those in one ``/score`` request. ``solution_str`` is decoded with
+``skip_special_tokens=True`` (no end strings left). The question comes from ``extra_info``
+(``question``, ``problem``, ``prompt``, ``raw_prompt``); verl's gsm8k preprocessing puts
+``question`` there, its ``math_dataset.py`` does not: map :func:`add_question` over such a
+dataset. A sample without a question, or one the service cannot score, gets the fallback
+reward (``ERPRM_FALLBACK_REWARD``, default 0.0) and a logged warning, never an exception: a
+raise here stops the PPO step.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.request
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+log = logging.getLogger("nemo_erprm.serving.verl_reward")
+QUESTION_KEYS = ("question", "problem", "prompt", "raw_prompt")
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any = None,
-                  extra_info: Optional[dict] = None, timeout_s: float = 60.0) -> float:
-    info = extra_info or {}
-    question = info.get("question") or info.get("prompt")
-    if not question:
-        raise ValueError("extra_info must carry the question ('question' or 'prompt') for the PRM")
+def _question(extra_info: Optional[dict]) -> Optional[str]:
+    info = extra_info if isinstance(extra_info, dict) else {}
+    for key in QUESTION_KEYS:
+        value = info.get(key)
+        if isinstance(value, list):  # chat messages: the last user turn
+            value = next((m.get("content") for m in reversed(value) if isinstance(m, dict) and m.get("role") == "user"),
+                         None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def add_question(example: dict) -> dict:
+    """For ``datasets.map`` over verl-format rows: copy the last user message of ``prompt``
+    into ``extra_info["question"]`` (verl's math_dataset.py leaves it out)."""
+    extra = dict(example.get("extra_info") or {})
+    if not _question(extra):
+        extra["question"] = _question({"prompt": example.get("prompt")}) or ""
+    return {**example, "extra_info": extra}
+
+
+def _fallback() -> float:
+    return float(os.environ.get("ERPRM_FALLBACK_REWARD", "0.0"))
+
+
+def _post(items: list[dict], timeout_s: float) -> list[dict]:
     url = os.environ.get("ERPRM_REWARD_URL", "http://127.0.0.1:8000").rstrip("/") + "/score"
     headers = {"Content-Type": "application/json"}
     if os.environ.get("ERPRM_REWARD_TOKEN"):
         headers["Authorization"] = f"Bearer {os.environ['ERPRM_REWARD_TOKEN']}"
-    body = json.dumps({"prompt": question, "response": solution_str}).encode()
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    req = urllib.request.Request(url, data=json.dumps({"items": items}).encode(), headers=headers, method="POST")
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return float(json.loads(resp.read())["reward"])
+        return json.loads(resp.read())["results"]
+
+
+def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str], ground_truths: Sequence[Any] = (),
+                        extra_infos: Sequence[Optional[dict]] = (), timeout_s: float = 600.0,
+                        max_items: int = 256, **_: Any) -> list[float]:
+    """One reward per solution (verl's batch reward manager); unscorable ones get the fallback."""
+    extra_infos = list(extra_infos) or [None] * len(solution_strs)
+    rewards = [_fallback()] * len(solution_strs)
+    todo = []
+    for i, (solution, info) in enumerate(zip(solution_strs, extra_infos)):
+        question = _question(info)
+        if question is None:
+            log.warning("verl sample %d: no question in extra_info (%s) -> fallback reward %s", i,
+                        "/".join(QUESTION_KEYS), rewards[i])
+            continue
+        todo.append((i, {"prompt": question, "response": solution}))
+    for start in range(0, len(todo), max_items):  # the service's --max-items per request
+        chunk = todo[start: start + max_items]
+        for (i, _), result in zip(chunk, _post([item for _, item in chunk], timeout_s)):
+            rewards[i] = float(result["reward"])
+    return rewards
+
+
+def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
+                  extra_info: Optional[dict] = None, timeout_s: float = 60.0, **_: Any) -> float:
+    """One sample's reward (verl's naive / reward-loop managers); extra keyword arguments
+    (``reward_kwargs``, ``reward_router_address``, ``reward_model_tokenizer``) are ignored."""
+    return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], timeout_s=timeout_s)[0]

@@ -1,6 +1,6 @@
-"""NeMo-Aligner's `reward_model` contract at the tensor level (PyTriton does not fit the locked
-CPU environment: its tritonclient needs urllib3 >= 2; so the transport is faked by calling `infer` with the
-batched numpy arrays PyTriton would pass): input names, dtypes and shapes, `rewards` float32
+"""NeMo-Aligner's `reward_model` contract at the tensor level, in the training venv (the real
+PyTriton transport is tested in the serving venv: tests/serving/test_pytriton_aligner.py), by
+calling `infer` with the batched numpy arrays PyTriton passes: input names, dtypes and shapes, `rewards` float32
 (B, 1); token input decoded with the actor's tokenizer, the same or a different one."""
 
 import numpy as np
@@ -59,7 +59,30 @@ def test_contract_errors_name_the_input(model):
     with pytest.raises(RequestError, match="tokens"):
         model.infer()
     model.actor_tokenizer = build_tokenizer(vocab_size=300)
-    with pytest.raises(RequestError, match="sequence_lengths"):
-        model.infer(tokens=np.zeros((2, 4), dtype=np.int64), sequence_lengths=np.array([[9], [1]], dtype=np.int64))
-    with pytest.raises(RequestError, match="marker"):
-        model.infer(sentences=np.array([[b"no marker in this text"]], dtype=object))
+    with pytest.raises(RequestError, match="sequence_lengths"):  # not one length per row: the contract is broken
+        model.infer(tokens=np.zeros((2, 4), dtype=np.int64), sequence_lengths=np.array([[1]], dtype=np.int64))
+
+
+def test_one_bad_row_gets_the_fallback_and_the_others_their_reward(model, tiny_prm):
+    """A row without the marker, a length outside its row, the step tag in the response: each
+    gets the fallback reward, counted by reason; the good rows score as alone (was: the whole
+    call raised, and NeMo-Aligner's future.result() with it)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_prm))
+    model.actor_tokenizer = tok
+    texts = [TEXTS[0], "no marker in this text", TEXTS[1], "What?" + MARKER + "a step ки with the tag\n#### 1"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    tokens = np.zeros((len(ids), width), dtype=np.int64)
+    for i, row in enumerate(ids):
+        tokens[i, : len(row)] = row
+    lengths = np.array([[len(r)] for r in ids] + [[width + 5]], dtype=np.int64)
+    tokens = np.vstack([tokens, tokens[:1]])
+    before = dict(model.service.unscorable)
+    out = model.infer(tokens=tokens, sequence_lengths=lengths)["rewards"][:, 0]
+    want = model.infer(sentences=np.array([[t.encode()] for t in TEXTS], dtype=object))["rewards"][:, 0]
+    assert out[0] == pytest.approx(want[0], abs=1e-6) and out[2] == pytest.approx(want[1], abs=1e-6)
+    assert out[1] == out[3] == out[4] == model.service.fallback == 0.0
+    grew = {k: v - before.get(k, 0) for k, v in model.service.unscorable.items() if v != before.get(k, 0)}
+    assert grew == {"no_marker": 1, "step_tag": 1, "bad_length": 1}
