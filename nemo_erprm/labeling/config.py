@@ -62,7 +62,16 @@ class LabelConfig:
         cfg = OmegaConf.to_container(OmegaConf.structured(self), resolve=True)
         assert isinstance(cfg, dict)
         cfg.pop("output")
-        cfg["backend"] = {k: cfg["backend"][k] for k in ("name", "model", "dtype")}
+        kept = ("name", "model", "dtype")
+        if self.backend.name == "vllm":
+            # vLLM is not batch-invariant by default: another version or TP size gives other
+            # logits, so a resume under either would mix records of two samplers
+            from nemo_erprm.labeling.backends.vllm_backend import installed_vllm_version
+
+            kept += ("tensor_parallel_size", "batch_invariant")
+            cfg["backend"]["vllm_version"] = installed_vllm_version()
+            kept += ("vllm_version",)
+        cfg["backend"] = {k: cfg["backend"][k] for k in kept}
         return cfg
 
 

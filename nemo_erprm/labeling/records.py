@@ -12,6 +12,7 @@ One JSON object per line, one line per (problem, trajectory)::
       "step_rewards": [[1, 0, 1, 1], ..., [1]],   # per step: outcome of each completion
       "n_correct": [3, ..., 1],         # per step: sum of step_rewards
       "n_total": [4, ..., 1],           # per step: number of completions
+      "n_truncated": [0, ..., 0],       # optional, per step: completions cut by max_new_tokens
       "outcome": true,                  # the whole solution is correct
       "labels": {"2": [0.72, ...], "0": [...], "inf": [...]},   # ER label per eta
       "step_tag": "ки",
@@ -82,6 +83,13 @@ def validate_record(record: dict[str, Any], path: str = "<record>", line: int = 
             fail(f"n_total[{i}]={nt} but step_rewards[{i}] has {len(rewards)} entries")
         if not math.isclose(nc, sum(rewards)):
             fail(f"n_correct[{i}]={nc} but step_rewards[{i}] sums to {sum(rewards)}")
+    truncated = record.get("n_truncated")
+    if truncated is not None:
+        if not isinstance(truncated, list) or len(truncated) != n:
+            fail(f"field 'n_truncated' must list one count per step ({n})")
+        for i, (k, nt) in enumerate(zip(truncated, record["n_total"])):
+            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= nt:
+                fail(f"n_truncated[{i}]={k!r} must be an integer in [0, n_total[{i}]={nt}]")
     for key, values in record["labels"].items():
         try:
             float(key)

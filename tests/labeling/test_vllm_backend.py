@@ -20,9 +20,10 @@ def _gpu() -> bool:
 
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed: the missing-vLLM message cannot be checked")
-def test_missing_vllm_is_a_clear_error():
+def test_missing_vllm_is_a_clear_error(tmp_path):
+    # an HF model folder (the default `smollm2` is GGUF, refused before vLLM is imported)
     with pytest.raises(ConfigError, match="backend.name=vllm needs vLLM on a GPU machine"):
-        build_backend(BackendConfig(name="vllm"), SamplingConfig(), PromptConfig())
+        build_backend(BackendConfig(name="vllm", model=str(tmp_path)), SamplingConfig(), PromptConfig())
 
 
 @pytest.mark.skipif(not (HAVE_VLLM and _gpu()), reason="needs vLLM and a CUDA GPU (GPU container only)")

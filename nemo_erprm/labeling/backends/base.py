@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from nemo_erprm.labeling.backends.plan import Completion, Request, encode_prompt, prompt_requests
+
 
 @dataclass
 class SamplingConfig:
@@ -62,23 +64,38 @@ class BackendConfig:
     dtype: str = "auto"
     device: str = "auto"
     batch_size: int = 32
+    # problems whose requests go to the backend together: hundreds of sequences in flight
+    # instead of one problem's few (records do not depend on it: seeds are per completion)
+    window_problems: int = 8
     # vllm only
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
+    # VLLM_BATCH_INVARIANT=1 (vLLM beta): outputs independent of batching and scheduling, so
+    # sharded, resumed and single runs give the same records (same GPU model, same vLLM version)
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in ("hf", "vllm", "offline"):
             raise ConfigError(f"backend.name must be hf, vllm or offline, got {self.name!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"backend.batch_size must be >= 1, got {self.batch_size}")
+        if self.window_problems < 1:
+            raise ConfigError(f"backend.window_problems must be >= 1, got {self.window_problems}")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"backend.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+
+
+def uses_chat_template(tokenizer: Any, cfg: PromptConfig) -> bool:
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    return cfg.chat_template == "always" or (cfg.chat_template == "auto" and has_template)
 
 
 def format_prompt(tokenizer: Any, question: str, cfg: PromptConfig) -> str:
     """The prompt text up to where the assistant's solution starts."""
     user = cfg.template.format(question=question)
-    has_template = getattr(tokenizer, "chat_template", None) is not None
-    use_chat = cfg.chat_template == "always" or (cfg.chat_template == "auto" and has_template)
-    if use_chat:
-        if not has_template:
+    if uses_chat_template(tokenizer, cfg):
+        if getattr(tokenizer, "chat_template", None) is None:
             raise ConfigError("prompt.chat_template=always but the tokenizer has no chat template")
         messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [
             {"role": "user", "content": user}
@@ -88,17 +105,28 @@ def format_prompt(tokenizer: Any, question: str, cfg: PromptConfig) -> str:
 
 
 class GenerationBackend(ABC):
-    """Samples continuations. Deterministic for a given (prompts, n, seed) call."""
+    """Executes request plans (:mod:`.plan`): the same prompt ids and seeds on every backend."""
 
     name: str = "base"
+    tokenizer: Any
+    prompt_cfg: PromptConfig
 
-    @abstractmethod
     def format_prompt(self, question: str) -> str:
         """The policy prompt for ``question`` (solution text is appended after it)."""
+        return format_prompt(self.tokenizer, question, self.prompt_cfg)
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        """Token ids of a prompt (+ solution prefix) as both backends send them to the model."""
+        return encode_prompt(self.tokenizer, text, uses_chat_template(self.tokenizer, self.prompt_cfg))
 
     @abstractmethod
+    def run(self, requests: list[Request]) -> list[list[Completion]]:
+        """``request.n`` completions per request, in request order."""
+
     def generate(self, prompts: list[str], n: int, seed: int) -> list[list[str]]:
-        """``n`` sampled continuations (text only) for each prompt, in prompt order."""
+        """``n`` completion texts per prompt text; prompt ``i`` takes seeds ``seed + i*n ...``."""
+        requests = prompt_requests([self.encode(p) for p in prompts], n, seed)
+        return [[c.text for c in completions] for completions in self.run(requests)]
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""`hf` backend: transformers `generate`, batched across step prefixes with left padding."""
+"""`hf` backend: transformers `generate` on the request plan's token ids, batched with left padding.
+
+The completions of a window (all requests of several problems) are sorted by prompt length
+and cut into ``backend.batch_size`` rows. Each row samples with its own generator seeded with
+its completion's seed, so a completion does not depend on the rows it shares a batch with
+(up to float rounding of the batched forward): windows, shards and resumes give the same
+records.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,9 @@ from nemo_erprm.labeling.backends.base import (
     GenerationBackend,
     PromptConfig,
     SamplingConfig,
-    format_prompt,
     truncate_at_stop,
 )
+from nemo_erprm.labeling.backends.plan import Completion, Request
 
 # End-of-turn markers of common chat templates: generation stops at any that is a single token.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>")
@@ -68,43 +75,44 @@ class HFBackend(GenerationBackend):
         self.eos_ids = sorted(eos)
         self._torch = torch
 
-    def format_prompt(self, question: str) -> str:
-        return format_prompt(self.tokenizer, question, self.prompt_cfg)
+    def run(self, requests: list[Request]) -> list[list[Completion]]:
+        rows = [(r, j, seed) for r, req in enumerate(requests) for j, seed in enumerate(req.completion_seeds())]
+        rows.sort(key=lambda row: -len(requests[row[0]].prompt_ids))  # less padding per batch
+        out: list[list[Completion | None]] = [[None] * req.n for req in requests]
+        size = self.cfg.batch_size
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            done = self._generate_batch([requests[r].prompt_ids for r, _, _ in batch], [s for _, _, s in batch])
+            for (r, j, _), completion in zip(batch, done):
+                out[r][j] = completion
+        return out  # type: ignore[return-value]
 
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[str]]:
-        torch = self._torch
-        flat = [p for p in prompts for _ in range(n)]
-        outputs: list[str] = []
-        # One seed per call: the call's batches depend only on its prompts, so results do not
-        # depend on what ran before (resume, sharding).
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            for start in range(0, len(flat), self.cfg.batch_size):
-                outputs.extend(self._generate_batch(flat[start : start + self.cfg.batch_size]))
-        finally:
-            torch.random.set_rng_state(generator_state)
-        return [outputs[i * n : (i + 1) * n] for i in range(len(prompts))]
+    def _generate_batch(self, prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Completion]:
+        from transformers import GenerationConfig, LogitsProcessorList
 
-    def _generate_batch(self, texts: list[str]) -> list[str]:
         torch = self._torch
-        # Prompts rendered by a chat template already carry their special tokens.
-        add_special = getattr(self.tokenizer, "chat_template", None) is None
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
-        enc = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         s = self.sampling
-        kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens}
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False)
+        # greedy decoding over scores our sampler has already reduced to the sampled token; a
+        # fresh GenerationConfig keeps the model's own sampling defaults out
+        config = GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=False, pad_token_id=pad,
+                                  eos_token_id=self.eos_ids)
+        processors = LogitsProcessorList([SeededSampler(seeds, s.temperature, s.top_p)] if s.temperature > 0 else [])
         with torch.inference_mode():
-            out = self.model.generate(
-                **enc, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids, **kwargs
-            )
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        texts_out = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [truncate_at_stop(t, s.stop) for t in texts_out]
+            generated = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                            logits_processor=processors)
+        new_tokens = generated[:, width:].tolist()
+        eos = set(self.eos_ids)
+        completions = []
+        for tokens in new_tokens:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            cut = truncate_at_stop(text, s.stop)
+            ended = any(t in eos for t in tokens) or len(cut) < len(text)
+            completions.append(Completion(cut, truncated=not ended and len(tokens) >= s.max_new_tokens))
+        return completions
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -113,3 +121,33 @@ class HFBackend(GenerationBackend):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
         }
+
+
+class SeededSampler:
+    """A logits processor that samples every row with its own ``torch.Generator`` (seeded with
+    that completion's seed) and leaves only the sampled token: greedy decoding then emits it.
+
+    transformers' sampling draws all rows from the global generator, so a row's tokens would
+    depend on its batch neighbours and on the batch order; here they depend on its seed only.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # keep the smallest set whose mass reaches top_p (the most likely token always)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        probs = probs.cpu()
+        chosen = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, chosen.to(scores.device), 0.0)

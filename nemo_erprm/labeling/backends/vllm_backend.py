@@ -1,23 +1,27 @@
-"""`vllm` backend (GPU, optional extra): `n` completions per prompt with prefix caching.
+"""`vllm` backend (GPU, optional extra): the request plan as `TokensPrompt` + `SamplingParams`.
 
-All step prefixes of a problem share the question and earlier steps, so vLLM's automatic
-prefix caching computes their KV once. Each prompt gets its own sampling seed derived from
-the call seed, which makes the output independent of batching and scheduling.
+Prompts go to vLLM as token ids: a text prompt would be tokenized again with
+``add_special_tokens=True`` and a chat-template rendering (which already starts with BOS)
+would get a second BOS. ``n`` completions per request share the prompt's KV, and automatic
+prefix caching shares the question and earlier steps across a problem's step prefixes. Each
+request carries its seed; vLLM samples completion ``j`` with ``seed + j``.
+
+Reproducibility: per-request seeds fix the random numbers, not the logits. vLLM's kernels are
+not batch-invariant by default, so a sharded or resumed run (other batches, other prefix-cache
+state) can differ from a single run; ``backend.batch_invariant=true`` sets vLLM's
+``VLLM_BATCH_INVARIANT=1`` (beta) for runs that must agree, on the same GPU model and vLLM
+version. The vLLM version and the tensor-parallel size are part of the run identity.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.embedded import resolve_model_path
-from nemo_erprm.labeling.backends.base import (
-    BackendConfig,
-    GenerationBackend,
-    PromptConfig,
-    SamplingConfig,
-    format_prompt,
-)
+from nemo_erprm.labeling.backends.base import BackendConfig, GenerationBackend, PromptConfig, SamplingConfig
+from nemo_erprm.labeling.backends.plan import Completion, Request
 
 
 def import_vllm() -> Any:
@@ -31,16 +35,73 @@ def import_vllm() -> Any:
     return vllm
 
 
+def installed_vllm_version() -> str | None:
+    """vLLM's version from the package metadata (without importing vLLM), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vllm")
+    except PackageNotFoundError:
+        return None
+
+
+def check_model_for_vllm(model: str) -> str:
+    """The model path vLLM loads; GGUF is refused (current vLLM moved it to a plugin that also
+    needs the base model's tokenizer, and the embedded `smollm2` default is a GGUF file)."""
+    where, gguf = resolve_model_path(model)
+    if gguf:
+        raise ConfigError(
+            f"backend.model={model}: a GGUF file; backend.name=vllm needs a Hugging Face model folder "
+            "(safetensors + tokenizer), e.g. backend.model=/models/MetaMath-Mistral-7B; use backend.name=hf "
+            "for GGUF models"
+        )
+    return where
+
+
+def check_tensor_parallel(cfg: BackendConfig, visible_gpus: int) -> None:
+    if cfg.tensor_parallel_size > visible_gpus:
+        raise ConfigError(
+            f"backend.tensor_parallel_size={cfg.tensor_parallel_size} but {visible_gpus} GPU(s) are visible "
+            "to this task (ask Slurm for as many: sbatch --gpus-per-node=N)"
+        )
+
+
+def sampling_params(request: Request, sampling: SamplingConfig) -> Any:
+    """vLLM's `SamplingParams` for one request of the plan."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=request.n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_new_tokens,
+        stop=list(sampling.stop) or None,
+        seed=request.seed,
+    )
+
+
+def vllm_inputs(requests: list[Request], sampling: SamplingConfig) -> tuple[list[Any], list[Any]]:
+    """(prompts, sampling params) for ``LLM.generate``: token-id prompts, one seed per request."""
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+    return prompts, [sampling_params(r, sampling) for r in requests]
+
+
 class VLLMBackend(GenerationBackend):
     name = "vllm"
 
     def __init__(self, cfg: BackendConfig, sampling: SamplingConfig, prompt: PromptConfig):
+        where = check_model_for_vllm(cfg.model)  # before vLLM starts its engine (minutes)
+        if cfg.batch_invariant:
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"  # read when vLLM is imported
         vllm = import_vllm()
-        where, gguf = resolve_model_path(cfg.model)
+        import torch
+
+        check_tensor_parallel(cfg, torch.cuda.device_count())
         self.cfg, self.sampling, self.prompt_cfg = cfg, sampling, prompt
-        self._vllm = vllm
         self.llm = vllm.LLM(
-            model=f"{where}/{gguf}" if gguf else where,
+            model=where,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=cfg.enable_prefix_caching,
@@ -48,24 +109,21 @@ class VLLMBackend(GenerationBackend):
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def format_prompt(self, question: str) -> str:
-        return format_prompt(self.tokenizer, question, self.prompt_cfg)
-
-    def sampling_params(self, n: int, seed: int) -> Any:
-        s = self.sampling
-        return self._vllm.SamplingParams(
-            n=n,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_new_tokens,
-            stop=list(s.stop) or None,
-            seed=seed,
-        )
-
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[str]]:
-        params = [self.sampling_params(n, seed + i) for i in range(len(prompts))]
+    def run(self, requests: list[Request]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        prompts, params = vllm_inputs(requests, self.sampling)
         results = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[c.text for c in r.outputs] for r in results]
+        return [
+            [Completion(c.text, truncated=c.finish_reason == "length") for c in sorted(r.outputs, key=lambda c: c.index)]
+            for r in results
+        ]
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.cfg.model, "tensor_parallel_size": self.cfg.tensor_parallel_size}
+        return {
+            "backend": self.name,
+            "model": self.cfg.model,
+            "vllm_version": installed_vllm_version(),
+            "tensor_parallel_size": self.cfg.tensor_parallel_size,
+            "batch_invariant": self.cfg.batch_invariant,
+        }

@@ -1,0 +1,246 @@
+"""One request plan for the `hf` and `vllm` backends: the same prompt token ids (one BOS under a
+chat template), disjoint per-completion seeds, windows across problems, truncation counts.
+
+vLLM cannot be installed here (its wheels need CUDA), so the vLLM backend runs against a
+recording stand-in of `vllm.LLM` / `SamplingParams` / `TokensPrompt` that expands seeds the
+way vLLM does (completion j of a request with seed s samples with s + j,
+`vllm/v1/engine/parallel_sampling.py`) and tokenizes text prompts the way vLLM does
+(`add_special_tokens=True`). The check against vLLM's own classes runs where vLLM imports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from nemo_erprm.errors import ConfigError
+from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
+from nemo_erprm.labeling.backends.hf import HFBackend
+from nemo_erprm.labeling.backends.plan import Completion, Request
+from nemo_erprm.labeling.backends.vllm_backend import VLLMBackend, check_tensor_parallel
+from nemo_erprm.labeling.config import LabelConfig
+from nemo_erprm.labeling.problems import Problem
+from nemo_erprm.labeling.records import validate_record
+from nemo_erprm.labeling.rollouts import label_problem
+from tests.tiny_models import build_tokenizer
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+SOLUTION = "Tom has 3 apples.\nHe buys 4 more: 3 + 4 = 7.\nSo he has 7.\n#### 7"
+
+
+def bos_tokenizer():
+    """Like Llama/DeepSeek tokenizers: BOS added on encode, and a chat template that writes BOS."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = build_tokenizer()
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)]
+    )
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    return tok
+
+
+def label_cfg(**sampling) -> LabelConfig:
+    cfg = LabelConfig()
+    cfg.trajectories = "policy"
+    cfg.sampling = SamplingConfig(**{"n": 4, "num_trajectories": 4, "max_new_tokens": 8, **sampling})
+    cfg.segmentation.min_chars = 4
+    return cfg
+
+
+PROBLEM = Problem("p1", "Tom has 3 apples and buys 4 more. How many?", "7")
+
+
+# --- vLLM stand-in -------------------------------------------------------------------------
+
+
+@dataclass
+class FakeOutput:
+    index: int
+    text: str
+    finish_reason: str
+
+
+class FakeLLM:
+    """Records what `LLM.generate` receives: per completion, the prompt ids the engine would see
+    and the seed it samples with. Completion texts come from ``texts(seed)``."""
+
+    def __init__(self, tokenizer, texts=lambda seed: SOLUTION, finish=lambda seed: "stop"):
+        self.tokenizer, self.texts, self.finish = tokenizer, texts, finish
+        self.seen: list[tuple[tuple[int, ...], int]] = []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        results = []
+        for prompt, p in zip(prompts, params):
+            if isinstance(prompt, str):  # vLLM tokenizes text prompts with add_special_tokens=True
+                ids = tuple(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            else:
+                ids = tuple(prompt["prompt_token_ids"])
+            seeds = [p.seed + j for j in range(p.n)]
+            self.seen += [(ids, s) for s in seeds]
+            outs = [FakeOutput(j, self.texts(s), self.finish(s)) for j, s in enumerate(seeds)]
+            results.append(types.SimpleNamespace(outputs=outs))
+        return results
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = FakeSamplingParams
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = dict  # a TypedDict in vLLM: a dict at run time
+    vllm.inputs = inputs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    return vllm
+
+
+def vllm_backend(cfg: LabelConfig, tokenizer, llm: FakeLLM, vllm_module) -> VLLMBackend:
+    """The real VLLMBackend class around a stand-in engine (no GPU, no model)."""
+    backend = object.__new__(VLLMBackend)
+    backend.cfg, backend.sampling, backend.prompt_cfg = cfg.backend, cfg.sampling, cfg.prompt
+    backend.llm, backend.tokenizer, backend._vllm = llm, tokenizer, vllm_module
+    return backend
+
+
+def hf_backend(cfg: LabelConfig, tokenizer, monkeypatch) -> tuple[HFBackend, list]:
+    """The real HFBackend with its batched `generate` replaced by a recorder of (prompt ids, seed)."""
+    seen: list[tuple[tuple[int, ...], int]] = []
+
+    def fake_batch(self, prompts, seeds):
+        seen.extend(zip((tuple(p) for p in prompts), seeds))
+        return [Completion(SOLUTION) for _ in prompts]
+
+    monkeypatch.setattr(HFBackend, "_generate_batch", fake_batch)
+    backend = HFBackend(cfg.backend, cfg.sampling, cfg.prompt, model=torch.nn.Linear(1, 1), tokenizer=tokenizer)
+    return backend, seen
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+def test_every_completion_of_a_problem_has_its_own_seed(fake_vllm):
+    """4 trajectories x 3 rolled-out steps x N=4: no seed twice (the old scheme gave prompt i
+    seed+i, so vLLM's children seed+i+j collided, and rollouts started at seed+1, inside the
+    trajectories' seeds)."""
+    cfg = label_cfg()
+    llm = FakeLLM(bos_tokenizer())
+    records, stats = label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, llm.tokenizer, llm, fake_vllm))
+    assert len(records) == 4 and stats.completions == 4 + 4 * 3 * 4
+    seeds = [seed for _, seed in llm.seen]
+    assert len(seeds) == stats.completions
+    assert len(set(seeds)) == len(seeds), "completions of one problem share sampling seeds"
+
+
+def test_vllm_gets_token_ids_with_one_bos(fake_vllm):
+    """A chat template already writes BOS; a text prompt would be tokenized with a second one."""
+    cfg = label_cfg()
+    tok = bos_tokenizer()
+    llm = FakeLLM(tok)
+    label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, tok, llm, fake_vllm))
+    for ids, _ in llm.seen:
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1, tok.decode(ids[:8])
+
+
+def test_hf_and_vllm_plans_have_the_same_prompt_ids_and_seeds(fake_vllm, monkeypatch):
+    cfg = label_cfg()
+    tok = bos_tokenizer()
+    llm = FakeLLM(tok)
+    vllm_records, _ = label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, tok, llm, fake_vllm))
+    hf, hf_seen = hf_backend(cfg, tok, monkeypatch)
+    hf_records, _ = label_problem(PROBLEM, 0, cfg, hf)
+    assert sorted(hf_seen) == sorted(llm.seen)  # every (prompt ids, seed) pair, completion by completion
+    assert len(hf_seen) == 4 + 4 * 3 * 4
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "meta"} for r in rs]  # noqa: E731
+    assert strip(hf_records) == strip(vllm_records)
+
+
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not importable here (its wheels need CUDA; this machine has "
+                    "no GPU): the plan objects are checked above against a stand-in with vLLM's seed rule")
+def test_request_construction_against_vllms_own_classes():
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from nemo_erprm.labeling.backends.vllm_backend import vllm_inputs
+
+    requests = [Request((1, 5, 9), 4, 100), Request((1, 5, 9, 11), 4, 104)]
+    prompts, params = vllm_inputs(requests, SamplingConfig(n=4, temperature=0.7, max_new_tokens=32))
+    assert prompts == [TokensPrompt(prompt_token_ids=[1, 5, 9]), TokensPrompt(prompt_token_ids=[1, 5, 9, 11])]
+    assert all(isinstance(p, SamplingParams) for p in params)
+    assert [(p.n, p.seed, p.max_tokens) for p in params] == [(4, 100, 32), (4, 104, 32)]
+
+
+def test_truncated_completions_are_counted_per_step(fake_vllm):
+    from nemo_erprm.labeling.rollouts import problem_seed
+
+    cfg = label_cfg()
+    llm = FakeLLM(bos_tokenizer(), finish=lambda seed: "length" if seed % 3 == 0 else "stop")
+    records, stats = label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, llm.tokenizer, llm, fake_vllm))
+    first_rollout_seed = problem_seed(cfg.seed, PROBLEM.id) + cfg.sampling.num_trajectories
+    cut_rollouts = sum(1 for _, seed in llm.seen if seed % 3 == 0 and seed >= first_rollout_seed)
+    assert cut_rollouts > 0
+    for r in records:
+        validate_record(r)
+        assert len(r["n_truncated"]) == len(r["steps"]) and r["n_truncated"][-1] == 0  # last step: the outcome
+    assert sum(sum(r["n_truncated"]) for r in records) == cut_rollouts
+    assert stats.truncated == sum(1 for _, seed in llm.seen if seed % 3 == 0)  # trajectories included
+
+
+def test_hf_completion_depends_on_its_seed_not_its_batch(tiny_lm_dir):
+    """The same prompt and seed give the same completion alone and in a batch with a longer,
+    left-padding prompt (transformers' own sampling draws every row from one generator)."""
+    cfg = BackendConfig(model=str(tiny_lm_dir), batch_size=8)
+    backend = build_backend(cfg, SamplingConfig(max_new_tokens=12, temperature=1.0), PromptConfig())
+    short = backend.format_prompt("What is 2+2?")
+    long = backend.format_prompt("A farmer has 17 sheep and buys 5 more; then 3 run away. How many are left?")
+    alone = backend.generate([short], 3, seed=40)
+    together = backend.generate([long, short], 3, seed=37)  # prompt 1 of this call: seeds 37 + 3 = 40..42
+    assert together[1] == alone[0]
+    assert len(set(alone[0])) > 1  # distinct seeds, distinct samples
+
+
+def test_vllm_refuses_gguf_models_before_loading():
+    with pytest.raises(ConfigError, match=r"backend.model=smollm2: a GGUF file; backend.name=vllm needs"):
+        build_backend(BackendConfig(name="vllm", model="smollm2"), SamplingConfig(), PromptConfig())
+
+
+def test_tensor_parallel_beyond_visible_gpus_is_refused():
+    check_tensor_parallel(BackendConfig(name="vllm", tensor_parallel_size=2), visible_gpus=2)
+    with pytest.raises(ConfigError, match=r"backend.tensor_parallel_size=4 but 2 GPU\(s\) are visible"):
+        check_tensor_parallel(BackendConfig(name="vllm", tensor_parallel_size=4), visible_gpus=2)
+
+
+def test_vllm_run_identity_holds_the_vllm_version_and_tp_size(tmp_path, monkeypatch):
+    from nemo_erprm.errors import RunStateError
+    from nemo_erprm.labeling.backends import vllm_backend as vb
+    from nemo_erprm.labeling.runner import _check_run_identity
+
+    monkeypatch.setattr(vb, "installed_vllm_version", lambda: "0.33.0")
+    cfg = LabelConfig()
+    cfg.backend = BackendConfig(name="vllm", model="/models/m", tensor_parallel_size=1)
+    assert cfg.identity()["backend"] == {"name": "vllm", "model": "/models/m", "dtype": "auto",
+                                         "tensor_parallel_size": 1, "batch_invariant": False,
+                                         "vllm_version": "0.33.0"}
+    _check_run_identity(tmp_path, cfg)
+    cfg.backend.tensor_parallel_size = 2
+    with pytest.raises(RunStateError, match="backend.tensor_parallel_size: 1 there, 2 now"):
+        _check_run_identity(tmp_path, cfg)
+    cfg.backend.tensor_parallel_size = 1
+    monkeypatch.setattr(vb, "installed_vllm_version", lambda: "0.34.0")
+    with pytest.raises(RunStateError, match="backend.vllm_version: '0.33.0' there, '0.34.0' now"):
+        _check_run_identity(tmp_path, cfg)
+    # the window and batch size do not change records: not part of the identity
+    cfg.backend.window_problems, cfg.backend.batch_size = 1, 3
+    monkeypatch.setattr(vb, "installed_vllm_version", lambda: "0.33.0")
+    _check_run_identity(tmp_path, cfg)
