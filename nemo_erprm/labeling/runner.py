@@ -31,11 +31,28 @@ from nemo_erprm.labeling.config import LabelConfig
 from nemo_erprm.labeling.er_label import eta_key
 from nemo_erprm.labeling.problems import load_problems
 from nemo_erprm.labeling.records import validate_record
-from nemo_erprm.labeling.rollouts import label_problem
+from nemo_erprm.labeling.rollouts import label_problems
 
 
 def shard_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
     return Path(out_dir) / f"records.shard-{shard:05d}-of-{num_shards:05d}.jsonl"
+
+
+def summary_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
+    """Written last, when the shard has labeled all its problems: its presence marks the shard complete."""
+    return Path(out_dir) / f"summary.shard-{shard:05d}-of-{num_shards:05d}.json"
+
+
+def _check_shard_count(out_dir: Path, num_shards: int) -> None:
+    """A folder holds the shards of one split: a resubmitted array task with another shard count
+    (e.g. inferred from a partial --array) would label problems already in other shards."""
+    counts = {int(f.name.rsplit("-of-", 1)[1].split(".")[0]) for f in out_dir.glob("records.shard-*-of-*.jsonl")}
+    other = sorted(counts - {num_shards})
+    if other:
+        raise ConfigError(
+            f"--num-shards {num_shards}: {out_dir} holds shards of a {other[0]}-shard split; resubmit with the same "
+            f"count (slurm/label_rollouts.sh: ERPRM_NUM_SHARDS={other[0]})"
+        )
 
 
 @dataclass
@@ -124,6 +141,7 @@ def summarize(records: list[dict[str, Any]], etas: list[float]) -> dict[str, Any
         "steps": sum(steps),
         "mean_steps": (sum(steps) / len(steps)) if steps else 0.0,
         "outcome_accuracy": (sum(r["outcome"] for r in records) / len(records)) if records else 0.0,
+        "truncated_completions": sum(sum(r.get("n_truncated", ())) for r in records),
         "label_histogram": hist,
     }
 
@@ -149,6 +167,8 @@ def run_labeling(
     out_dir = Path(cfg.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_identity(out_dir, cfg)
+    _check_shard_count(out_dir, num_shards)
+    summary_path(out_dir, shard, num_shards).unlink(missing_ok=True)  # complete again only when done below
     path = shard_path(out_dir, shard, num_shards)
     done = _finished_problems(path)
     pending = [(i, p) for i, p in mine if p.id not in done]
@@ -169,8 +189,7 @@ def run_labeling(
     written = completions = 0
     gen_start = time.time()  # throughput excludes model loading
     with JsonlAppender(path) as out:
-        for index, problem in pending:
-            records, stats = label_problem(problem, index, cfg, backend)
+        for index, problem, records, stats in label_problems(pending, cfg, backend):
             for r in records:
                 validate_record(r, str(path), 0)
             out.append(records)
@@ -185,16 +204,42 @@ def run_labeling(
 
     all_records = [r for _, r in iter_jsonl(path)]
     summary = summarize(all_records, cfg.etas)
-    summary.update(shard=shard, num_shards=num_shards, completions_this_run=completions)
-    (out_dir / f"summary.shard-{shard:05d}-of-{num_shards:05d}.json").write_text(json.dumps(summary, indent=2))
+    summary.update(shard=shard, num_shards=num_shards, problems_in_shard=len(mine), completions_this_run=completions)
+    _write_shard_summary(summary_path(out_dir, shard, num_shards), summary)
     return RunResult(path, len(mine), len(mine) - len(pending), len(pending), written, completions,
                      time.time() - start, summary)
 
 
-def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple[Path, int]:
-    """Merge all complete shard files of ``out_dir`` into ``records.jsonl`` in input order.
+def _write_shard_summary(path: Path, summary: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)  # atomic: a summary is either absent or whole
 
-    Refuses when shards of different counts are mixed or a shard is missing.
+
+def incomplete_shards(out_dir: Path, num_shards: int) -> list[str]:
+    """Why each unfinished shard of ``out_dir`` is not complete (empty when all are)."""
+    problems = []
+    for shard in range(num_shards):
+        records, summary = shard_path(out_dir, shard, num_shards), summary_path(out_dir, shard, num_shards)
+        if not records.exists():
+            problems.append(f"shard {shard}: no records file")
+            continue
+        try:
+            done = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            problems.append(f"shard {shard}: not finished (no {summary.name})")
+            continue
+        lines = sum(1 for _ in iter_jsonl(records))
+        if done.get("records") != lines:
+            problems.append(f"shard {shard}: {lines} records but its summary counts {done.get('records')}")
+    return problems
+
+
+def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple[Path, int]:
+    """Merge all shard files of ``out_dir`` into ``records.jsonl`` in input order.
+
+    Refuses when shards of different counts are mixed or any shard is missing or unfinished
+    (a shard is finished when its summary, written last, counts the records of its file).
     """
     out_dir = Path(out_dir)
     files = sorted(out_dir.glob("records.shard-*-of-*.jsonl"))
@@ -206,6 +251,12 @@ def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple
     expected = int(counts.pop())
     if len(files) != expected:
         raise RunStateError(f"{out_dir}: {len(files)} of {expected} shard files present")
+    unfinished = incomplete_shards(out_dir, expected)
+    if unfinished:
+        raise RunStateError(
+            f"{out_dir}: {len(unfinished)} of {expected} shards are not complete ({'; '.join(unfinished[:4])}); "
+            "rerun those array tasks (they resume) and merge again"
+        )
     records = []
     for f in files:
         repair_partial_tail(f)
