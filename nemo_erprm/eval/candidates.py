@@ -75,6 +75,28 @@ class LoadReport:
     graded: int = 0  # correctness from our grader
     label_disagreements: int = 0  # our grade != the label given in the file
     disagreement_examples: list[dict[str, Any]] = field(default_factory=list)
+    # candidates whose text held the step tag (real outputs, degenerate ones especially, can
+    # contain it): scored with the tag removed instead of aborting the run
+    step_tag_neutralised: int = 0
+    step_tag_examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _without_step_tag(c: dict[str, Any], step_tag: str, report: LoadReport, line: int) -> dict[str, Any]:
+    """``c`` with the step tag removed from its text or steps, counted in ``report``."""
+    text, steps = c.get("text"), c.get("steps")
+    held = (isinstance(text, str) and step_tag in text) or (
+        isinstance(steps, list) and any(step_tag in str(s) for s in steps))
+    if not held:
+        return c
+    report.step_tag_neutralised += 1
+    if len(report.step_tag_examples) < 10:
+        report.step_tag_examples.append({"line": line, "source": c.get("source")})
+    c = dict(c)
+    if isinstance(text, str):
+        c["text"] = text.replace(step_tag, "")
+    if isinstance(steps, list):
+        c["steps"] = [str(s).replace(step_tag, "") for s in steps]
+    return c
 
 
 def detect_layout(record: dict[str, Any]) -> str:
@@ -146,6 +168,7 @@ def load_candidates(
                 raise ValueError("no candidate solutions")
             candidates = []
             for c in raw:
+                c = _without_step_tag(c, seg.step_tag, report, line)
                 if c.get("steps") is not None:
                     steps = [str(s) for s in c["steps"]]
                     text = "".join(steps)

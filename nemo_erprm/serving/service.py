@@ -128,11 +128,14 @@ class RewardService:
         """(prompt, response) of a query that should continue ``prompt`` (OpenRLHF): the exact
         prefix, a left-truncated or re-tokenized prompt (:func:`split_at_prompt`), else the
         response marker; the full prompt is kept for the question."""
+        marker = self.config.response_marker
+        # a prompt that ends with the assistant header (the marker): the question is before it
+        question = prompt[: prompt.rfind(marker)] if marker and marker in prompt else prompt
         at = split_at_prompt(query, prompt)
         if at is not None:
-            return prompt, query[at:]
-        if self.config.response_marker and self.config.response_marker in query:
-            return prompt, self.split_text(query, field)[1]
+            return question, query[at:]
+        if marker and marker in query:
+            return question, self.split_text(query, field)[1]
         raise Unscorable("prompt_mismatch", field, "the query does not continue its prompt")
 
     def item_or_unscorable(self, prompt: str, response: Optional[str] = None, steps: Optional[Sequence[str]] = None,
