@@ -9,8 +9,12 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 REQS := requirements/cpu.txt requirements/lock-cpu.txt requirements/constraints.txt pyproject.toml
 PYTEST_ARGS ?=
+# The serving environment: PyTriton (NeMo-Aligner's client and server) cannot install beside the
+# training lock (torchx 0.7.0 pins urllib3<1.27, tritonclient>=2.42 needs urllib3>=2.0.7).
+SERVE_VENV ?= .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 
-.PHONY: venv demo test test-fast bench lock clean slurm-up slurm-down
+.PHONY: venv serve-venv demo test test-fast bench lock clean slurm-up slurm-down
 
 venv: $(STAMP)
 
@@ -25,10 +29,20 @@ $(STAMP): $(REQS)
 	$(PIP) install -q --no-deps -e .
 	@touch $(STAMP)
 
+serve-venv: $(SERVE_STAMP)
+
+$(SERVE_STAMP): requirements/serve.txt pyproject.toml
+	@test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade 'pip>=24,<26'
+	$(SERVE_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(SERVE_VENV)/bin/python -m pip install -q -r requirements/serve.txt
+	$(SERVE_VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $(SERVE_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m nemo_erprm.demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -55,4 +69,4 @@ lock:
 	  /tmp/erprm-lock-venv/bin/pip freeze | grep -v '^torch==' ; echo 'torch==2.13.0'; } > requirements/lock-cpu.txt
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) outputs .pytest_cache
