@@ -325,3 +325,32 @@ def test_sigterm_drains_in_flight_requests(tiny_prm, tmp_path):
     # uvicorn re-raises the signal once it has shut down gracefully
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     assert results == [200] * 8  # every request accepted before the signal was answered
+
+
+def test_nemo_rl_environment_step_against_the_service(open_server, direct):
+    """PRMRewardEnvironment as NeMo-RL 7ea279a's GRPO calls it (interfaces.py): step(message
+    logs as math_hf_data_processor builds them - the chat-templated prompt in the user turn,
+    the generation in the assistant turn - , metadata) -> EnvironmentReturn with rewards and
+    terminateds of shape [B]; an unscorable sample gets the fallback and is counted in the
+    metrics, never failing the step."""
+    import torch
+
+    from nemo_erprm.serving.nemo_rl_env import EnvironmentReturn, PRMRewardEnvironment
+
+    env = PRMRewardEnvironment({"url": open_server, "max_items": 2})
+    logs = [[{"role": "user", "content": CHATML_PROMPT, "token_ids": torch.tensor([1, 2])},
+             {"role": "assistant", "content": r + "<|im_end|>"}]
+            for r in (RESPONSE, "3 + 4 = 8.\n#### 8", "a step ки with the tag")]
+    meta = [{"ground_truth": "7"}] * 3
+    ret = env.step(logs, meta)
+    assert isinstance(ret, EnvironmentReturn) and ret._fields == (
+        "observations", "metadata", "next_stop_strings", "rewards", "terminateds", "answers")
+    assert ret.rewards.shape == (3,) and ret.rewards.dtype == torch.float32 and ret.terminateds.tolist() == [1.0] * 3
+    assert ret.rewards[0].item() == pytest.approx(min(direct(QUESTION, RESPONSE)), abs=1e-6)
+    assert ret.rewards[1].item() == pytest.approx(min(direct(QUESTION, "3 + 4 = 8.\n#### 8")), abs=1e-6)
+    assert ret.rewards[2].item() == -1.0  # the server's --fallback-reward
+    assert ret.metadata is meta and ret.next_stop_strings == [None] * 3
+    assert all(o["role"] == "environment" for o in ret.observations)
+    batch = {"rewards": ret.rewards, "is_end": torch.tensor([1, 1, 0])}
+    _, metrics = env.global_post_process_and_metrics(batch)
+    assert metrics["prm_unscorable_samples"] == 1 and metrics["fraction_of_samples_properly_ended"] == pytest.approx(2 / 3)
