@@ -49,6 +49,12 @@ LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_
 RESUME_IDENTITY = ("data", "model.init_from", "model.head", "model.step_tag", "model.tokenizer", "run.seed")
 
 
+def single_process_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment for a helper process of its own (the HF export): without torchrun's and
+    Slurm's rank variables, which would make it try to join this job's process group."""
+    return {k: v for k, v in environ.items() if k not in LAUNCHER_VARS and not k.startswith("TORCHELASTIC_")}
+
+
 def global_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
@@ -265,10 +271,20 @@ def run(cfg: TrainConfig) -> Path:
     if data.has_validation and val_rows < d.global_batch_size and global_rank() == 0:
         print(f"warning: the held-out split has {val_rows} rows, fewer than a global batch of "
               f"{d.global_batch_size}: validation will not run (raise data.val_fraction)", flush=True)
+    # With packing the global batch counts packed rows, not samples (the paper's "global batch
+    # 64" is 64 samples): say how many samples a step really holds.
+    train_counts = data.counts.get("train", {})
+    samples_per_row = train_counts.get("kept", 0) / max(train_counts.get("rows", 0), 1)
     if global_rank() == 0:
         summary = {"splits": data.counts, "steps_per_epoch": steps_per_epoch, "max_steps": max_steps,
-                   "global_batch_size": d.global_batch_size}
+                   "global_batch_size": d.global_batch_size, "global_batch_unit": "rows",
+                   "samples_per_row": round(samples_per_row, 3),
+                   "samples_per_step": round(samples_per_row * d.global_batch_size, 1)}
         (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if d.packing:
+            print(f"global batch: {d.global_batch_size} packed rows of {seq_length} tokens = "
+                  f"~{samples_per_row * d.global_batch_size:.0f} samples per step "
+                  f"({samples_per_row:.2f} samples per row)", flush=True)
 
     # 3. model + optimizer
     _, dtype = PRECISIONS[m.precision]
@@ -291,7 +307,8 @@ def run(cfg: TrainConfig) -> Path:
     ddp = DistributedDataParallelConfig(
         use_distributed_optimizer=dist_opt, grad_reduce_in_fp32=True, check_for_nan_in_grad=True,
         overlap_grad_reduce=on_gpu if o.overlap_grad_reduce is None else o.overlap_grad_reduce,
-        overlap_param_gather=dist_opt and (on_gpu if o.overlap_param_gather is None else o.overlap_param_gather))
+        overlap_param_gather=dist_opt and (on_gpu if o.overlap_param_gather is None else o.overlap_param_gather),
+        bucket_size=o.ddp_bucket_size)
 
     # 5. trainer
     strategy = nl.MegatronStrategy(
@@ -386,10 +403,8 @@ def run(cfg: TrainConfig) -> Path:
         final = last_checkpoint(run_dir)
         if final is None:
             raise ConfigError(f"{run_dir}/checkpoints: no final checkpoint to export")
-        # a plain single process: torchrun's/Slurm's rank variables would make it join this job
-        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("TORCHELASTIC_")}
         subprocess.run([sys.executable, str(REPO / "tools" / "export_hf_checkpoint.py"), "--ckpt", str(final),
-                        "--out", str(run_dir / "hf")], check=True, env=env)
+                        "--out", str(run_dir / "hf")], check=True, env=single_process_env(os.environ))
     return run_dir
 
 

@@ -71,6 +71,9 @@ class OptimConfig:
     # resume at another TP/PP/DP layout; false: the faster dp_reshardable format, which can
     # only change the data-parallel size between restarts.
     reshardable_checkpoints: bool = True
+    # Elements per DDP gradient/parameter bucket (megatron's bucket_size); null: megatron's
+    # default (40M, or 1M x DP). Each bucket is one overlapped reduce-scatter / all-gather.
+    ddp_bucket_size: Optional[int] = None
 
 
 @dataclass

@@ -46,3 +46,25 @@ def test_bad_values_name_the_key(existing, tmp_path):
         load_train_config(str(REPO / "conf" / "tiny_cpu.yaml"), ["data.global_batch_size=5"])
     with pytest.raises(ConfigError, match="no such file"):
         load_train_config(str(tmp_path / "nope.yaml"))
+
+
+def test_export_subprocess_gets_no_launcher_ranks():
+    from nemo_erprm.train import single_process_env
+
+    launched = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "29500", "SLURM_PROCID": "1",
+                "TORCHELASTIC_RUN_ID": "x", "PATH": "/bin", "SLURM_JOB_ID": "7"}
+    assert single_process_env(launched) == {"PATH": "/bin", "SLURM_JOB_ID": "7"}
+
+
+def test_num_nodes_follows_slurm(monkeypatch, existing):
+    from nemo_erprm.train import num_nodes
+
+    cfg = load_train_config(str(REPO / "conf" / "erprm_mistral_7b.yaml"), existing)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert num_nodes(cfg) == 2  # the README's `sbatch --nodes=2` line: Lightning refuses num_nodes=1 there
+    cfg.trainer.num_nodes = 4
+    with pytest.raises(ConfigError, match="trainer.num_nodes=4 but the Slurm job has 2 nodes"):
+        num_nodes(cfg)
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert num_nodes(cfg) == 4
