@@ -417,7 +417,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="recipe YAML (conf/erprm_*.yaml, conf/tiny_cpu.yaml)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="key=value (OmegaConf dotlist), e.g. optim.lr=2e-6")
+    parser.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs (ERPRM_VERBOSE=1)")
     args = parser.parse_args(argv)
+    from nemo_erprm.runtime.logs import quiet_third_party, set_log_file
+
+    quiet_third_party("train", args.verbose)  # library warnings to the run folder's logs/, not the console
 
     def go() -> int:
         # --print-config shows what a file resolves to, also where its paths do not exist yet
@@ -425,6 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(dump_train_config(cfg), end="")
             return 0
+        set_log_file(cfg.run_dir / "logs" / f"library.rank{global_rank()}.log")
         run_dir = run(cfg)
         if global_rank() == 0:
             print(f"run folder: {run_dir}", flush=True)

@@ -10,6 +10,39 @@ from typing import Sequence
 from nemo_erprm.errors import ConfigError, run_reporting_errors as _run
 
 
+def _quiet(tool: str, verbose: bool, out: str) -> None:
+    """Library warnings to ``<out>.log`` beside the output (not inside it: an export folder
+    holds only what transformers reads)."""
+    from pathlib import Path
+
+    from nemo_erprm.runtime.logs import quiet_third_party, set_log_file
+
+    if quiet_third_party(tool, verbose):
+        target = Path(out)
+        set_log_file(target.parent / f"{target.name}.{tool}.log")
+
+
+def check_safetensors_file(path) -> None:
+    """A safetensors file whose header or data is cut short (an interrupted copy) fails here,
+    named, instead of deep inside the loader."""
+    import json
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            raise ConfigError(f"{path}: truncated or not a safetensors file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ConfigError(f"{path}: not a safetensors file (unreadable header)") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ConfigError(f"{path}: truncated safetensors file ({size} bytes, its header describes {8 + n + end})")
+
+
 def check_convert_args(args: argparse.Namespace) -> None:
     """Argument and path checks that need no heavy import."""
     from nemo_erprm.embedded import resolve_model_path
@@ -19,9 +52,14 @@ def check_convert_args(args: argparse.Namespace) -> None:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     try:
-        resolve_model_path(args.hf_dir)
+        _, gguf = resolve_model_path(args.hf_dir)
     except ConfigError as e:
         raise ConfigError(f"--hf-dir {args.hf_dir}: {e}") from None
+    if gguf is None:
+        from pathlib import Path
+
+        for f in sorted(Path(args.hf_dir).glob("*.safetensors")):
+            check_safetensors_file(f)
     check_output_dir(args.out, "--out", overwrite=None)
 
 
@@ -57,10 +95,12 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tp", type=int, default=1, help="layout to check divisibility for (the checkpoint loads at any TP/PP)")
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="convert in this dtype (default: the source's)")
+    p.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs on the console")
     args = p.parse_args(argv)
     code = _run(check_convert_args, args)  # seconds, before NeMo loads
     if code:
         return code
+    _quiet("convert", args.verbose, args.out)
     from nemo_erprm.convert.hf_to_prm import convert_hf_to_prm
 
     return _run(convert_hf_to_prm, args.hf_dir, args.out, head=args.head, step_tag=args.step_tag,
@@ -74,10 +114,12 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output HF directory (written beside it, renamed into place when complete)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (the old folder stays whole until the new one is complete)")
+    p.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs on the console")
     args = p.parse_args(argv)
     code = _run(check_export_args, args.ckpt, args.out, args.overwrite)  # seconds, before NeMo loads
     if code:
         return code
+    _quiet("export", args.verbose, args.out)
     from nemo_erprm.convert.prm_to_hf import export_prm_to_hf
 
     return _run(export_prm_to_hf, args.ckpt, args.out, args.overwrite)

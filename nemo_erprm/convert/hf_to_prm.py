@@ -299,6 +299,7 @@ def convert_hf_to_prm(
 
     out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
+        print(f"[1/4] reading {source}", flush=True)
         hf_dir = materialize_hf_dir(source, Path(tmp))
         importer, hf_cfg = importer_for(hf_dir)  # unsupported architectures fail here
         try:
@@ -329,6 +330,7 @@ def convert_hf_to_prm(
             params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
             fp16=params_dtype == torch.float16,
         )
+        print(f"[2/4] building the {type(cfg).__name__} PRM ({head} head)", flush=True)
         # Build the target on the meta device: converted tensors become its parameters, so the
         # backbone is never allocated twice (see benchmarks/convert_memory.py).
         cfg.init_model_with_meta_device = True
@@ -346,7 +348,7 @@ def convert_hf_to_prm(
         unused = M.uncovered_keys(list(source), mapping, transforms)
         if unused:
             raise ConfigError(f"{hf_dir}: unexpected tensor(s) with no place in the PRM: {unused[:8]}")
-        print(f"mapping {len(source)} tensors from {hf_dir} (read one at a time)")
+        print(f"[3/4] mapping {len(source)} tensors from {hf_dir} (read one at a time)", flush=True)
         try:
             apply_transforms(_ModelState(source), target, mapping=mapping, transforms=transforms)
         except ValueError as e:  # NeMo's shape check names the parameter
@@ -358,6 +360,7 @@ def convert_hf_to_prm(
             from nemo_erprm.model.heads import ScalarHead
 
             module.step_head = ScalarHead(module.config)
+        print(f"[4/4] writing {out}", flush=True)
         save_prm_checkpoint(target, trainer, out)
 
         meta = {

@@ -130,6 +130,8 @@ def _raw_candidates(record: dict[str, Any], layout: str) -> tuple[str, Optional[
                for i, a in enumerate(answers)]
         return record["prompt"], gold, raw
     if layout == "ours":
+        if not isinstance(record["candidates"], list):
+            raise ValueError("'candidates' must be a list of solutions")
         raw = []
         for i, c in enumerate(record["candidates"]):
             if isinstance(c, str):

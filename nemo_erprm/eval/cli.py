@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processbench", help="also evaluate steps on a ProcessBench-format file")
     p.add_argument("--processbench-threshold-split", help="ProcessBench-format file to choose the threshold on")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs on the console")
     return p
 
 
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> dict:
     if bool(args.candidates) == bool(args.generate):
         raise ConfigError("give either --candidates FILE or --generate N (with --problems)")
     check_args(args)
+    from nemo_erprm.runtime.logs import quiet_third_party
+
+    quiet_third_party("best_of_n", args.verbose)  # library warnings to OUT/library.log
     out_dir = Path(args.out)
     created = not out_dir.exists()
     try:
@@ -132,6 +136,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--scorer {args.scorer}: no such folder (or 'none')")
 
 
+def _make_out(out_dir: Path) -> None:
+    from nemo_erprm.runtime.logs import set_log_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_log_file(out_dir / "library.log")
+
+
 def check_lengths(scorer, problems, candidates_path: Path, max_length: int) -> None:
     """Every candidate must fit in --max-length with all its steps: checked before scoring
     starts, naming the line and the candidate."""
@@ -157,7 +168,7 @@ def _run_into(args: argparse.Namespace, aggregations: list, out_dir: Path) -> di
     if args.candidates:
         candidates_path = Path(args.candidates)
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_out(out_dir)
         candidates_path = generate_candidates(args, out_dir)
 
     scorer = load_scorer(args.scorer, args.max_length, args.dtype, args.batch_size)
@@ -169,13 +180,14 @@ def _run_into(args: argparse.Namespace, aggregations: list, out_dir: Path) -> di
     if unknown_truth:
         raise ConfigError(f"{candidates_path}: line {unknown_truth[0]} (and {len(unknown_truth) - 1} more): no gold "
                           f"answer and no labels, so correctness is unknown")
+    if scorer is not None:
+        check_lengths(scorer, problems, candidates_path, args.max_length)
     print(f"{load_report.problems} problems, {load_report.candidates} candidates ({load_report.layout}); "
           f"{load_report.label_disagreements} disagreements between our grader and the file's labels", file=sys.stderr)
 
     step_scores = None
     if scorer is not None:
-        check_lengths(scorer, problems, candidates_path, args.max_length)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _make_out(out_dir)
         items = [(p.question, c.steps) for p in problems for c in p.candidates]
         flat = score_all(scorer, items, out_dir / "scores_cache.jsonl", args.batch_size, not args.no_progress, "scoring")
         step_scores, at = [], 0
@@ -185,7 +197,7 @@ def _run_into(args: argparse.Namespace, aggregations: list, out_dir: Path) -> di
     curves = best_of_n_curves(problems, step_scores, aggregations, args.n_max, args.subsets, args.bootstrap, args.seed)
     for note in coverage_notes(problems, curves, args.n_max):
         print(f"note: {note}", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out(out_dir)
     write_candidate_scores(out_dir / "candidates_scored.jsonl", problems, step_scores, aggregations)
 
     report = {

@@ -63,12 +63,16 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--num-shards", type=int, default=int(os.environ.get("ERPRM_NUM_SHARDS", 1)))
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs on the console")
     p.add_argument("overrides", nargs="*", help="OmegaConf overrides, e.g. sampling.n=16 input.limit=100")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before and after options
     cfg = load_label_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(cfg))
         return 0
+    from nemo_erprm.runtime.logs import quiet_third_party
+
+    quiet_third_party("label", args.verbose)  # the runner names the log file in output.dir
     result = run_labeling(cfg, args.shard, args.num_shards, progress=not args.no_progress)
     s = result.summary
     print(

@@ -34,6 +34,31 @@ from nemo_erprm.labeling.records import validate_record
 from nemo_erprm.labeling.rollouts import label_problems
 
 
+class _CountingBackend:
+    """A backend that updates the progress bar after every generation call: one problem holds
+    many of them (each step prefix), and a bar updated per problem sat at 0% for minutes."""
+
+    def __init__(self, inner: GenerationBackend, bar: Any, start: float):
+        self._inner, self._bar, self._start, self._done = inner, bar, start, 0
+
+    def generate(self, prompts, *args, **kwargs):
+        out = self._inner.generate(prompts, *args, **kwargs)
+        self._done += sum(len(x) for x in out)
+        rate = self._done / max(time.time() - self._start, 1e-9)
+        self._bar.set_postfix(completions=self._done, completions_per_s=f"{rate:.2f}", refresh=True)
+        return out
+
+    def run(self, requests):
+        out = self._inner.run(requests)
+        self._done += sum(len(x) for x in out)
+        rate = self._done / max(time.time() - self._start, 1e-9)
+        self._bar.set_postfix(completions=self._done, completions_per_s=f"{rate:.2f}", refresh=True)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def shard_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
     return Path(out_dir) / f"records.shard-{shard:05d}-of-{num_shards:05d}.jsonl"
 
@@ -169,6 +194,9 @@ def run_labeling(
     _check_run_identity(out_dir, cfg)
     _check_shard_count(out_dir, num_shards)
     summary_path(out_dir, shard, num_shards).unlink(missing_ok=True)  # complete again only when done below
+    from nemo_erprm.runtime.logs import set_log_file
+
+    set_log_file(out_dir / f"library.shard-{shard:05d}-of-{num_shards:05d}.log")  # when the CLI filters logs
     path = shard_path(out_dir, shard, num_shards)
     done = _finished_problems(path)
     pending = [(i, p) for i, p in mine if p.id not in done]
@@ -188,6 +216,8 @@ def run_labeling(
     )
     written = completions = 0
     gen_start = time.time()  # throughput excludes model loading
+    if backend is not None and progress:
+        backend = _CountingBackend(backend, bar, gen_start)  # the bar moves within a problem too
     with JsonlAppender(path) as out:
         for index, problem, records, stats in label_problems(pending, cfg, backend):
             for r in records:
@@ -196,7 +226,7 @@ def run_labeling(
             written += len(records)
             completions += stats.completions
             elapsed = max(time.time() - gen_start, 1e-9)
-            bar.set_postfix(completions_per_s=f"{completions / elapsed:.1f}", records=written)
+            bar.set_postfix(completions=completions, completions_per_s=f"{completions / elapsed:.2f}", records=written)
             bar.update(1)
             if on_problem_done:
                 on_problem_done(problem.id)

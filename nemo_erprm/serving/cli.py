@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=4 << 20)
     p.add_argument("--max-items", type=int, default=256, help="items per request")
     p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--log-file", help="where other libraries' warnings go (default: not kept)")
+    p.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs on the console")
     return p
 
 
@@ -75,6 +77,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.scorer == "none":
         raise ConfigError("--scorer must be a PRM (an HF export or a checkpoint)")
     check_args(args)
+    from nemo_erprm.runtime.logs import quiet_third_party, set_log_file
+
+    if quiet_third_party("serve_prm", args.verbose) and args.log_file:
+        set_log_file(args.log_file)
     from nemo_erprm.embedded import load_tokenizer
     from nemo_erprm.serving.rollout_text import DEFAULT_END_STRINGS, QuestionExtractor, end_strings_with
 
