@@ -440,7 +440,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--grad-rtol", type=float, default=5e-2, help="parity: per-step grad norm, relative")
     parser.add_argument("--budget-s", type=float, default=450, help="wall-clock budget for all runs")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of this GPU (MFU)")
+    parser.add_argument("--vllm-labeling", action="store_true",
+                        help="only the vLLM labeling smoke test (run it in the label-vllm image)")
+    parser.add_argument("--vllm-model", default=None,
+                        help="HF model folder for --vllm-labeling (default: a tiny random Llama built here)")
     args = parser.parse_args(argv)
+    if args.vllm_labeling:
+        return vllm_labeling_smoke(args.out or REPO / "outputs" / "gpu_check" / "vllm_labeling", args.vllm_model)
     if args.steps <= args.warmup_steps:
         parser.error("--steps must exceed --warmup-steps")
     out = args.out or REPO / "outputs" / "gpu_check" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -493,6 +499,58 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_results(out, results)
     print_report(results)
     return EXIT_FAILED if failed else EXIT_PASSED
+
+
+def vllm_labeling_reasons() -> list[str]:
+    reasons = []
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            reasons.append("no CUDA GPU is visible: vLLM labeling needs one")
+    except ImportError as e:
+        reasons.append(f"torch does not import ({e})")
+    if importlib.util.find_spec("vllm") is None:
+        reasons.append("vLLM is not installed: run in the Dockerfile's label-vllm image")
+    return reasons
+
+
+def vllm_labeling_smoke(out: Path, model: Optional[str]) -> int:
+    """One GSM8K problem labeled twice through the vLLM backend (reference steps, N=4): the
+    records must be identical (same prompt token ids and seeds, same engine)."""
+    reasons = vllm_labeling_reasons()
+    if reasons:
+        print("gpu_check --vllm-labeling: cannot run here:\n" + "\n".join(f"  - {r}" for r in reasons),
+              file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
+    from nemo_erprm.labeling.config import load_label_config
+    from nemo_erprm.labeling.problems import load_problems
+    from nemo_erprm.labeling.rollouts import label_problem
+
+    out.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        sys.path.insert(0, str(REPO))
+        from tests.tiny_models import build_tiny_llama
+
+        model = str(build_tiny_llama(out / "tiny_llama", hidden=128))  # head_dim 32 for vLLM's kernels
+    data = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+    cfg = load_label_config("conf/demo/label.yaml", [f"input.path={data}", "input.limit=1", "sampling.n=4",
+                                                     "sampling.max_new_tokens=32", "backend.name=vllm",
+                                                     f"backend.model={model}", "backend.gpu_memory_utilization=0.3"])
+    t0 = time.perf_counter()
+    backend = build_backend(cfg.backend, cfg.sampling, cfg.prompt)
+    problem = load_problems(cfg.input, cfg.segmentation.step_tag)[0]
+    first, stats = label_problem(problem, 0, cfg, backend)
+    second, _ = label_problem(problem, 0, cfg, backend)
+    same = first == second
+    result = {"status": "passed" if same else "failed", "model": model, "records": len(first),
+              "completions": stats.completions, "truncated": stats.truncated, "identical": same,
+              "policy": backend.describe(), "elapsed_s": round(time.perf_counter() - t0, 1)}
+    (out / "vllm_labeling.json").write_text(json.dumps({"result": result, "first": first, "second": second},
+                                                       indent=2))
+    print(json.dumps(result, indent=2))
+    return EXIT_PASSED if same else EXIT_FAILED
 
 
 def validate_configs(config: Path, runs: dict[str, dict[str, Any]]) -> None:

@@ -84,7 +84,7 @@ def test_label_array_merged_equals_one_process(slurm, shared_data, tiny_lm_dir, 
     common = ["--config", "conf/demo/label.yaml", f"input.path={shared_data / 'gsm8k' / 'train.jsonl'}",
               "input.limit=4", f"backend.model={tiny_lm_dir}", "sampling.n=2", "sampling.max_new_tokens=16"]
     out = tmp_path / "array"
-    sbatch(slurm, ["--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/label-%A_%a.out",
+    sbatch(slurm, ["--array=0-1", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={tmp_path}/label-%A_%a.out",
                    "slurm/label_rollouts.sh", *common[1:], f"output.dir={out}"], wait=True)
     subprocess.run([sys.executable, "tools/label_rollouts.py", "merge", "--dir", str(out)], cwd=REPO, check=True,
                    capture_output=True)
