@@ -265,3 +265,29 @@ def test_cli_relabel_and_export(tmp_path, capsys):
     assert "bad_records.jsonl:1: field 'n_total' has 2 entries for 3 steps" in err
     assert not (tmp_path / "x.jsonl").exists()
     assert math.isfinite(result.seconds)
+
+
+def test_progress_moves_within_a_problem():
+    """The bar's completion count and rate update after every generation call (a problem makes
+    one per step prefix), not only when a whole problem is done."""
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    from nemo_erprm.labeling.runner import _CountingBackend
+
+    class Fake:
+        def generate(self, prompts, n, seed):
+            return [[f"completion {i}"] * n for i in range(len(prompts))]
+
+        def describe(self):
+            return {"name": "fake"}
+
+    bar = tqdm(total=1, file=io.StringIO())
+    backend = _CountingBackend(Fake(), bar, time.time() - 2.0)
+    assert backend.generate(["a", "b"], 4, 0)[1] == ["completion 1"] * 4
+    assert "completions=8" in bar.postfix and "completions_per_s=" in bar.postfix and bar.n == 0
+    backend.generate(["c"], 4, 1)
+    assert "completions=12" in bar.postfix
+    assert backend.describe() == {"name": "fake"}
