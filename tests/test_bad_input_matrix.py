@@ -32,16 +32,17 @@ def root(tmp_path_factory, shared_data) -> Path:
     for f in hf.iterdir():
         data = f.read_bytes()
         (trunc / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".safetensors" else data)
-    export = r / "hf_prm"  # an lm_tokens export is the backbone plus prm_config.json
-    export.mkdir()
-    for f in hf.iterdir():
-        (export / f.name).write_bytes(f.read_bytes())
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(hf))
-    (export / "prm_config.json").write_text(json.dumps({
-        "head": "lm_tokens", "step_tag": "ки", "step_tag_id": tok.convert_tokens_to_ids("ки"),
-        "plus_token_id": tok.convert_tokens_to_ids("+"), "minus_token_id": tok.convert_tokens_to_ids("-")}))
+    for name, source in (("hf_prm", hf), ("hf_prm_truncated", trunc)):
+        export = r / name  # an lm_tokens export is the backbone plus prm_config.json
+        export.mkdir()
+        for f in source.iterdir():
+            (export / f.name).write_bytes(f.read_bytes())
+        (export / "prm_config.json").write_text(json.dumps({
+            "head": "lm_tokens", "step_tag": "ки", "step_tag_id": tok.convert_tokens_to_ids("ки"),
+            "plus_token_id": tok.convert_tokens_to_ids("+"), "minus_token_id": tok.convert_tokens_to_ids("-")}))
     for d in ("ckpt/context", "ckpt/weights", "not_a_ckpt", "existing_out"):
         (r / d).mkdir(parents=True)
     (r / "existing_out" / "config.json").write_text("{}")
@@ -108,6 +109,8 @@ CASES = {
         ("over_long_candidate", ["--candidates", "{R}/long.jsonl", "--scorer", "{R}/hf_prm", "--max-length", "64",
                                  "--out", "{R}/bon"],
          "{R}/long.jsonl:1: candidate '1' (40 steps) does not fit in --max-length 64 tokens"),
+        ("truncated_export", ["--candidates", "{R}/long.jsonl", "--scorer", "{R}/hf_prm_truncated", "--out", "{R}/bon"],
+         "{R}/hf_prm_truncated/model.safetensors: truncated safetensors file"),
         ("candidates_missing", ["--candidates", "{R}/nope.jsonl", "--scorer", "none", "--out", "{R}/bon"],
          "--candidates {R}/nope.jsonl: no such file"),
         ("scorer_missing", ["--candidates", "{R}/long.jsonl", "--scorer", "{R}/nope", "--out", "{R}/bon"],
@@ -144,6 +147,7 @@ CASES = {
         ("token_file_missing", ["--scorer", "{R}/hf_prm", "--token-file", "{R}/nope.txt"],
          "--token-file {R}/nope.txt: no such file"),
         ("port_out_of_range", ["--scorer", "{R}/hf_prm", "--port", "70000"], "--port must be in 1..65535, got 70000"),
+        ("truncated_export", ["--scorer", "{R}/hf_prm_truncated"], "{R}/hf_prm_truncated/model.safetensors: truncated"),
         ("bad_choice", ["--scorer", "{R}/hf_prm", "--protocol", "grpc"], "argument --protocol: invalid choice: 'grpc'"),
     ],
 }
@@ -201,3 +205,15 @@ def test_train_command_line_prints_one_line(root):
     assert proc.returncode == 2 and proc.stdout == ""
     assert_one_line_error(proc.stderr, "data.micro_batch_size=0 and data.global_batch_size=4 must be at least 1")
     assert snapshot(root) == before
+
+
+def test_demo_train_config_points_at_what_the_demo_writes():
+    """`python -m nemo_erprm.train --config conf/demo/train.yaml` after `make demo` (issue 17:
+    init_from named a folder the demo never made)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "conf" / "demo" / "train.yaml").read_text())
+    source = (REPO / "nemo_erprm" / "demo.py").read_text()
+    assert 'out / f"prm_{head}"' in source and 'default="outputs/demo"' in source  # where stage 2 writes
+    assert cfg["model"]["init_from"] == "outputs/demo/prm_lm_tokens" and cfg["model"]["head"] == "lm_tokens"
+    assert cfg["data"]["train"] == "outputs/demo/labels/records.shard-00000-of-00001.jsonl"

@@ -143,6 +143,10 @@ def load_scorer(spec: str, max_length: int = 4096, dtype: Optional[str] = None,
     path = Path(spec)
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, None: None}[dtype]
     if (path / "config.json").exists() and (path / "prm_config.json").exists():
+        from nemo_erprm.convert.cli import check_safetensors_file
+
+        for f in sorted(path.glob("*.safetensors")):  # an interrupted copy: named, not a loader traceback
+            check_safetensors_file(f)
         return HFScorer(path, max_length, torch_dtype, micro_batch_size)
     if (path / "weights").is_dir() and (path / "context").is_dir():
         return MegatronPRMScorer(path, max_length, torch_dtype, micro_batch_size)
