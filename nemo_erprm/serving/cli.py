@@ -71,12 +71,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.scorer == "none":
+        raise ConfigError("--scorer must be a PRM (an HF export or a checkpoint)")
+    check_args(args)  # before torch loads
     from nemo_erprm.eval.scorers import load_scorer
     from nemo_erprm.serving.service import RewardConfig, RewardService
 
-    if args.scorer == "none":
-        raise ConfigError("--scorer must be a PRM (an HF export or a checkpoint)")
-    check_args(args)
     from nemo_erprm.runtime.logs import quiet_third_party, set_log_file
 
     if quiet_third_party("serve_prm", args.verbose) and args.log_file:
