@@ -118,7 +118,6 @@ class TrainConfig:
         return Path(self.run.output_dir) / self.run.name
 
     def validate(self) -> "TrainConfig":
-        self.model.validate()
         if self.model.init_from is None and self.model.tokenizer is None:
             raise ConfigError("model: set init_from (a PRM checkpoint) or tokenizer (random init)")
         if self.model.init_from is not None and not Path(self.model.init_from).is_dir():
@@ -142,6 +141,7 @@ class TrainConfig:
             raise ConfigError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
         if self.optim.overlap_param_gather and self.optim.distributed_optimizer is False:
             raise ConfigError("optim.overlap_param_gather needs optim.distributed_optimizer=true")
+        self.model.validate()  # after the checks above: it imports NeMo (~15 s)
         if self.trainer.validate_only and self.model.init_from is None:
             raise ConfigError("trainer.validate_only needs model.init_from (the checkpoint to evaluate)")
         self._validate_packed_attention()
