@@ -35,17 +35,20 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.training.checkpoints import last_checkpoint
-from nemo_erprm.training.config import TrainConfig, dump_train_config, load_train_config
+
+if TYPE_CHECKING:  # the config module imports torch and megatron: not needed for --help
+    from nemo_erprm.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-# Settings a resumed run must share with the run it resumes (layout, precision, optimizer
-# and trainer settings may change between restarts).
+# torchrun's and Slurm's per-process variables (a helper process must not inherit them)
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                  "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS")
+# Settings a resumed run must share with the run it resumes (layout, precision, optimizer
+# and trainer settings may change between restarts).
 RESUME_IDENTITY = ("data", "model.init_from", "model.head", "model.step_tag", "model.tokenizer", "run.seed")
 
 
@@ -62,6 +65,8 @@ def global_rank() -> int:
 def prepare_run_dir(cfg: TrainConfig) -> None:
     """Write config.yaml; refuse to continue a run folder written with other data or weights."""
     from omegaconf import OmegaConf
+
+    from nemo_erprm.training.config import dump_train_config
 
     run_dir = cfg.run_dir
     saved = run_dir / "config.yaml"
@@ -404,7 +409,7 @@ def run(cfg: TrainConfig) -> Path:
         if final is None:
             raise ConfigError(f"{run_dir}/checkpoints: no final checkpoint to export")
         subprocess.run([sys.executable, str(REPO / "tools" / "export_hf_checkpoint.py"), "--ckpt", str(final),
-                        "--out", str(run_dir / "hf")], check=True, env=single_process_env(os.environ))
+                        "--out", str(run_dir / "hf"), "--overwrite"], check=True, env=single_process_env(os.environ))
     return run_dir
 
 
@@ -425,6 +430,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def go() -> int:
         # --print-config shows what a file resolves to, also where its paths do not exist yet
+        from nemo_erprm.training.config import dump_train_config, load_train_config
+
         cfg = load_train_config(args.config, args.overrides, validate=not args.print_config)
         if args.print_config:
             print(dump_train_config(cfg), end="")
