@@ -523,7 +523,7 @@ def vllm_labeling_smoke(out: Path, model: Optional[str]) -> int:
         print("gpu_check --vllm-labeling: cannot run here:\n" + "\n".join(f"  - {r}" for r in reasons),
               file=sys.stderr)
         return EXIT_CANNOT_RUN
-    from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
+    from nemo_erprm.labeling.backends import build_backend
     from nemo_erprm.labeling.config import load_label_config
     from nemo_erprm.labeling.problems import load_problems
     from nemo_erprm.labeling.rollouts import label_problem

@@ -77,27 +77,9 @@ class LabelConfig:
 
 def load_label_config(path: str | None = None, overrides: Sequence[str] = ()) -> LabelConfig:
     """Schema defaults <- YAML file <- ``key=value`` overrides, type-checked by OmegaConf."""
-    from pathlib import Path
+    from nemo_erprm.yaml_config import load_structured
 
-    from omegaconf.errors import OmegaConfBaseException
-
-    merged = OmegaConf.structured(LabelConfig)
-    where = "schema"
-    try:  # each source merged on its own, so an error names the file or the command line
-        if path:
-            if not Path(path).is_file():
-                raise ConfigError(f"--config {path}: no such file")
-            where = path
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            where = "command line"
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        where = "config"
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{where}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
-    assert isinstance(cfg, LabelConfig)
-    return cfg.validate()
+    return load_structured(LabelConfig, path, overrides).validate()
 
 
 def dump_config(cfg: LabelConfig) -> str:

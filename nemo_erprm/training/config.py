@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from nemo_erprm.errors import ConfigError
+from nemo_erprm.yaml_config import load_structured
 from nemo_erprm.nemo.model_config import ModelConfig
 
 
@@ -162,22 +162,7 @@ class TrainConfig:
 
 
 def load_train_config(path: Optional[str] = None, overrides: Sequence[str] = (), validate: bool = True) -> TrainConfig:
-    merged = OmegaConf.structured(TrainConfig)
-    where = "schema"
-    try:  # each source merged on its own, so an error names the file or the command line
-        if path:
-            if not Path(path).is_file():
-                raise ConfigError(f"--config {path}: no such file")
-            where = path
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            where = "command line"
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        where = "config"
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{where}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
-    assert isinstance(cfg, TrainConfig)
+    cfg = load_structured(TrainConfig, path, overrides)
     return cfg.validate() if validate else cfg
 
 
