@@ -1,7 +1,7 @@
 """Distributed-optimizer checkpoints that save and load with every optimizer megatron may pick.
 
-Two gaps of megatron-core 0.15.3's ``DistributedOptimizer`` checkpoints, found on the CPU
-backend and both independent of it:
+Three gaps of megatron-core 0.15.3's ``DistributedOptimizer`` checkpoints, found on the CPU
+backend and all independent of it:
 
 1. **torch's AdamW** (megatron's optimizer where neither TE's nor apex's FusedAdam is
    installed: always on CPU, on a GPU image without them). FusedAdam keeps the step count in
@@ -19,9 +19,26 @@ backend and both independent of it:
 2. **fp32 parameters**: the optimizer's main parameters are then views of the model's leaf
    parameters, and the load's in-place ``copy_`` fails autograd's leaf-view check unless it
    runs without grad (bf16/fp16 runs keep separate fp32 copies and never hit it).
+3. **The fully reshardable format with several DDP buckets** (every real model: megatron's
+   default bucket holds ~40M parameters). Upstream bug in
+   ``megatron/core/optimizer/distrib_optimizer.py``,
+   ``DistributedOptimizer.sharded_param_state_fully_reshardable``: it slices each parameter's
+   state out of the world tensors of ``get_parameter_state_dp_zero``, which hold the buckets
+   back to back *without* their end padding, at the parameter's ``param_index_map`` offsets,
+   which *include* the end padding of every earlier bucket. So every parameter after the first
+   bucket is saved from a shifted slice (partly its neighbour's values, partly zeros: the
+   "param range exceeds unpadded buffer" warning), i.e. the checkpoint's main params and Adam
+   moments are wrong there, although its model weights are right. The load then writes those
+   values into the main params; with fp32 they are views of the model weights, on bf16 they
+   are copied into the weights after the first step, so the resumed run diverges either way
+   (measured on CPU: step-4 loss 0.7055 instead of 0.6692). Fixed upstream by
+   NVIDIA/Megatron-LM PR #5077. Fix here: during that method the buffers' ``param_index_map``
+   is rebased to the world tensors' coordinates (applied only where megatron still has the
+   zero-padding fallback that PR removed, so a fixed megatron is not corrected twice).
+   Checkpoints written before this fix with several buckets keep wrong optimizer state.
 
-:func:`make_dist_optimizer_checkpointable` applies (2) always and (1) only where megatron
-really uses torch's optimizer; with FusedAdam the step handling is untouched.
+:func:`make_dist_optimizer_checkpointable` applies (2) and (3) always and (1) only where
+megatron really uses torch's optimizer; with FusedAdam the step handling is untouched.
 """
 
 from __future__ import annotations
@@ -50,6 +67,28 @@ def init_torch_adam_state(optimizer: Any) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(param.data)
             if "step" not in state:
                 state["step"] = torch.tensor(0.0)
+
+
+def world_tensor_index_map(buffer: Any) -> dict:
+    """``buffer.param_index_map`` (param -> (start, end, bucket id) in the padded buffer) in the
+    coordinates of ``get_parameter_state_dp_zero``'s world tensors, which drop each bucket's
+    end padding: a parameter moves down by the padding of all buckets before its own."""
+    shift, unpadded_start = [], 0
+    for bucket in buffer.buckets:
+        shift.append(bucket.offset - unpadded_start)
+        unpadded_start += bucket.numel_unpadded
+    return {param: (start - shift[bucket_id], end - shift[bucket_id], bucket_id)
+            for param, (start, end, bucket_id) in buffer.param_index_map.items()}
+
+
+def megatron_misplaces_fully_reshardable_state() -> bool:
+    """Whether megatron's ``sharded_param_state_fully_reshardable`` still slices the world
+    tensors at padded offsets (the zero-padding fallback went with the fix, Megatron-LM #5077)."""
+    import inspect
+
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return "missing_elems_num" in inspect.getsource(DistributedOptimizer.sharded_param_state_fully_reshardable)
 
 
 def make_dist_optimizer_checkpointable() -> None:
@@ -88,6 +127,18 @@ def make_dist_optimizer_checkpointable() -> None:
             init_torch_adam_state(self.optimizer)
         return sharded_state_dict(self, model_sharded_state_dict, is_loading, **kwargs)
 
+    fully_reshardable = DistributedOptimizer.sharded_param_state_fully_reshardable
+
+    def sharded_param_state_fully_reshardable(self: Any, *args: Any, **kwargs: Any):
+        padded = [buffer.param_index_map for buffer in self.buffers]
+        try:
+            for buffer in self.buffers:  # same parameters, same order: only the offsets move
+                buffer.param_index_map = world_tensor_index_map(buffer)
+            return fully_reshardable(self, *args, **kwargs)
+        finally:
+            for buffer, index_map in zip(self.buffers, padded):
+                buffer.param_index_map = index_map
+
     load_state_dict = DistributedOptimizer.load_state_dict
 
     def load_state_dict_(self: Any, state_dict: Any) -> None:
@@ -101,4 +152,6 @@ def make_dist_optimizer_checkpointable() -> None:
     DistributedOptimizer._get_main_param_and_optimizer_states = _get_main_param_and_optimizer_states
     DistributedOptimizer._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
     DistributedOptimizer.sharded_state_dict = sharded_state_dict_
+    if megatron_misplaces_fully_reshardable_state():
+        DistributedOptimizer.sharded_param_state_fully_reshardable = sharded_param_state_fully_reshardable
     DistributedOptimizer._erprm_checkpointable = True
