@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from nemo_erprm.errors import ConfigError
-
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from nemo_erprm.labeling.backends.base import BackendConfig, PromptConfig, SamplingConfig
+from nemo_erprm.errors import ConfigError
+from nemo_erprm.labeling.backends.base import (
+    BackendConfig,
+    PromptConfig,
+    SamplingConfig,
+)
 from nemo_erprm.labeling.problems import InputConfig
 from nemo_erprm.labeling.segmentation import SegmentationConfig
 
