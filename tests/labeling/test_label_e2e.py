@@ -64,7 +64,10 @@ def test_records_are_valid(uninterrupted):
 def test_sigkill_then_resume_equals_uninterrupted(shared_data, tiny_lm_dir, tmp_path, uninterrupted):
     out = tmp_path / "killed"
     shard = out / "records.shard-00000-of-00001.jsonl"
-    cmd = [sys.executable, str(TOOL), "--no-progress"] + overrides(shared_data, tiny_lm_dir, out)
+    # one problem per generate window, so records land one at a time and the kill falls between
+    # them; the uninterrupted run used the default window: the records must not depend on it
+    cmd = [sys.executable, str(TOOL), "--no-progress"] + overrides(shared_data, tiny_lm_dir, out,
+                                                                   **{"backend.window_problems": 1})
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
