@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,18 @@ import pytest
 from tests.tiny_models import SHARED, build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Tools called in-process set environment variables for their child processes
+    (PYTHONWARNINGS, ERPRM_VERBOSE: nemo_erprm.runtime.logs); they must not leak into the
+    subprocesses of later tests."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 TOOLS = [["tools/label_rollouts.py"], ["tools/label_rollouts.py", "relabel"], ["tools/best_of_n.py"],
          ["tools/convert_hf_checkpoint.py"], ["tools/export_hf_checkpoint.py"], ["tools/serve_prm.py"],
          ["-m", "nemo_erprm.demo"], ["-m", "nemo_erprm.train"]]
+# set by tools for their own child processes: a test's subprocess starts without them
+INHERITED = ("PYTHONWARNINGS", "ERPRM_VERBOSE")
 # a library's warning, a library's log record, our own log record and print, and an error
 PROBE = """
 import logging, sys, warnings
@@ -38,7 +40,7 @@ def has_warning(text: str) -> bool:
 
 def run(args, env=None, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**{k: v for k, v in os.environ.items() if k not in INHERITED}, **(env or {})})
 
 
 def test_library_warnings_go_to_the_log_file_unless_verbose(tmp_path):
