@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -64,6 +65,20 @@ def current_grad_norm(trainer: Any) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def announce_preemption(trainer: Any) -> None:
+    """One console line when a stop signal arrived: NeMo's PreemptionCallback (later in the
+    callback list) then writes a checkpoint and exits, and says so only in the library log.
+    Reads the callback's local flag on global rank 0, where NeMo's handler sets it (its
+    ``interrupted`` property is a collective and cannot be called from one rank)."""
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) != 0:
+        return
+    for cb in trainer.callbacks:
+        if getattr(cb, "_interrupted", False) and hasattr(cb, "sig"):
+            print(f"{signal.Signals(cb.sig).name} received: writing a checkpoint at step {trainer.global_step} and "
+                  f"exiting; rerun the same command to resume", flush=True)
+            return
+
+
 def format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -105,6 +120,7 @@ class TrainingMetrics(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         elapsed = now - (self._t_last or now)
+        announce_preemption(trainer)
         if self._writer is None:
             return
         reduction = pl_module.training_loss_reduction
