@@ -184,7 +184,7 @@ def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool
     setting that differs from the request or from the model family's default, with the reason."""
     from dataclasses import fields
 
-    from nemo_erprm.runtime.cpu_backend import TE_ONLY_FUSIONS, cpu_backend_changes
+    from nemo_erprm.runtime.cpu_backend import TE_ONLY_FUSIONS
 
     m, o = cfg.model, cfg.optim
     effective = {
@@ -216,8 +216,6 @@ def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool
     for name, default in defaults.items():
         if default is True and not getattr(prm_config, name):
             changed[name] = "off (family default on): the fused kernel needs Transformer Engine"
-    for name, why in cpu_backend_changes().items():
-        changed.setdefault(name, why)
     return {"effective": effective, "changed": changed}
 
 

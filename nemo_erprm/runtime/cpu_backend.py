@@ -22,8 +22,8 @@ Patched (see ../shared/docs/ENVIRONMENT.md for the measurements behind each):
     marks its weights ``sequence_parallel`` so megatron all-reduces their gradients over TP,
     as TE's and apex's norms do. Sequence parallelism is never turned off.
 
-What the backend changes is reported by :func:`cpu_backend_changes` (the training entry prints
-it and records it in the run folder); a requested setting is never changed silently.
+A requested setting is never changed silently: the training entry prints and records (in
+``effective_settings.json``) every setting that differs from the request or the family default.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any
 import torch
 
 _ENABLED = False
-_CHANGES: dict[str, str] = {}  # setting -> what the backend did and why (see cpu_backend_changes)
 
 _FACTORIES = (
     "empty", "zeros", "ones", "full", "tensor", "arange", "rand", "randn", "randint", "randperm",
@@ -205,9 +204,8 @@ def _patch_transformer_config() -> None:
 
     def __post_init__(self):
         for name in TE_ONLY_FUSIONS:
-            if getattr(self, name, False):
+            if hasattr(self, name):
                 setattr(self, name, False)
-                _CHANGES.setdefault(name, "off: the fused kernel needs Transformer Engine / CUDA")
         original(self)
 
     __post_init__._erprm_cpu = True
@@ -282,11 +280,6 @@ def seed_cpu_rng_tracker(seed: int = 1234) -> None:
 
 def cpu_backend_enabled() -> bool:
     return _ENABLED
-
-
-def cpu_backend_changes() -> dict[str, str]:
-    """Settings of megatron configs this process's CPU backend changed, with the reason."""
-    return dict(_CHANGES)
 
 
 def enable_cpu_backend() -> None:
