@@ -43,4 +43,11 @@ def test_tiny_cpu_recipe_trains_exports_and_evaluates(shared_data, tmp_path):
     diffs = [abs(a - b) for pm, ph in zip(scored["megatron"], scored["hf"])
              for cm, ch in zip(pm["candidates"], ph["candidates"])
              for a, b in zip(cm["step_scores"], ch["step_scores"])]
-    assert len(diffs) > 10 and max(diffs) < 1e-5
+    # Two fp32 implementations (megatron's attention and RoPE vs transformers' sdpa) agree to ~1e-7
+    # here, but the trained weights differ from machine to machine (CPU kernels sum in another
+    # order) and a lr-3e-3 model can amplify rounding: one CI machine saw 1.2e-4 on one step. A
+    # wrong export (a weight, norm, RoPE or tag token off) moves scores by >1e-2.
+    assert len(diffs) > 10 and max(diffs) < 1e-3 and sorted(diffs)[len(diffs) // 2] < 1e-5
+    picks = {name: [max(range(len(p["candidates"])), key=lambda i: min(p["candidates"][i]["step_scores"]))
+                    for p in problems] for name, problems in scored.items()}
+    assert picks["megatron"] == picks["hf"]
