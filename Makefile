@@ -40,7 +40,7 @@ $(SERVE_STAMP): requirements/serve.txt pyproject.toml
 	@touch $(SERVE_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m nemo_erprm.demo $(DEMO_ARGS)
+	$(PY) -m nemo_erprm.experiments.demo $(DEMO_ARGS)
 
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

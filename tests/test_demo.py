@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_reduced_demo_end_to_end_and_reproducible_report(shared_data, tmp_path):
     tiny = build_tiny_llama(tmp_path / "tiny_llama")
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "nemo_erprm.demo", "--out", str(out), f"policy={tiny}", f"backbone={tiny}",
+    cmd = [sys.executable, "-m", "nemo_erprm.experiments.demo", "--out", str(out), f"policy={tiny}", f"backbone={tiny}",
            "label_problems=4", "train_steps=6", "bon_problems=4"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = [["tools/label_rollouts.py"], ["tools/label_rollouts.py", "relabel"], ["tools/best_of_n.py"],
          ["tools/convert_hf_checkpoint.py"], ["tools/export_hf_checkpoint.py"], ["tools/serve_prm.py"],
-         ["-m", "nemo_erprm.demo"], ["-m", "nemo_erprm.train"]]
+         ["-m", "nemo_erprm.experiments.demo"], ["-m", "nemo_erprm.train"]]
 # set by tools for their own child processes: a test's subprocess starts without them
 INHERITED = ("PYTHONWARNINGS", "ERPRM_VERBOSE")
 # a library's warning, a library's log record, our own log record and print, and an error

@@ -1,6 +1,6 @@
 """`make demo`: the whole ER-PRM pipeline on CPU with the embedded SmolLM2-135M-Instruct.
 
-    python -m nemo_erprm.demo [--fresh] [--out outputs/demo] [key=value ...]   # keys: conf/demo/demo.yaml
+    python -m nemo_erprm.experiments.demo [--fresh] [--out outputs/demo] [key=value ...]   # keys: conf/demo/demo.yaml
 
 1. label    tools/label_rollouts.py --config conf/demo/label.yaml: ER labels (eta 0, 2, 10, inf
             from the same rollouts) for the first GSM8K train problems; the reference
@@ -21,21 +21,17 @@ folder records them); ``--fresh`` starts over.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from omegaconf import OmegaConf
 
+from nemo_erprm.experiments.stages import REPO, Stages, file_digest
 from nemo_erprm.training.checkpoints import last_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_CONF = REPO / "conf" / "demo"
 # Measured on 2 CPU cores with SmolLM2-135M (estimates printed before each stage)
 SECONDS_PER = {"label_problem": 27.0, "convert": 65.0, "train_step": 6.0, "train_start": 35.0,
@@ -59,47 +55,6 @@ def load_demo_config(overrides: list[str]) -> DemoConfig:
     return OmegaConf.to_object(merged)
 
 
-class Stages:
-    """Runs stages, times them, and reuses a finished one while its settings are unchanged."""
-
-    def __init__(self, out: Path, embedded: bool):
-        self.out, self.embedded = out, embedded
-        self.times: dict[str, float] = {}
-        (out / ".stages").mkdir(parents=True, exist_ok=True)
-
-    def _key_file(self, name: str) -> Path:
-        return self.out / ".stages" / f"{name}.json"
-
-    def done(self, name: str, settings: dict[str, Any], produced: Callable[[], bool]) -> bool:
-        f = self._key_file(name)
-        return f.exists() and json.loads(f.read_text()) == settings and produced()
-
-    def run(self, name: str, settings: dict[str, Any], cmd: list[str], output: Optional[Path],
-            estimate_s: float, produced: Callable[[], bool]) -> None:
-        """``produced()``: whether the stage's result is there (checked before reuse and after a run)."""
-        if self.done(name, settings, produced):
-            print(f"\n=== {name}: reusing finished outputs ({output})", flush=True)
-            self.times[name] = 0.0
-            return
-        self._key_file(name).unlink(missing_ok=True)
-        if output is not None and output.exists():
-            shutil.rmtree(output)  # other settings, or an interrupted run of this stage: redo it
-        printable = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
-        eta = f" (about {estimate_s / 60:.1f} min on 2 CPU cores)" if self.embedded else ""
-        print(f"\n=== {name}{eta}: {printable}", flush=True)
-        start = time.time()
-        subprocess.run(cmd, cwd=REPO, check=True)
-        self.times[name] = time.time() - start
-        if not produced():
-            raise RuntimeError(f"stage {name} finished without its result in {output}")
-        self._key_file(name).write_text(json.dumps(settings))
-        print(f"=== {name} done in {self.times[name]:.1f}s", flush=True)
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="demo output folder")
@@ -113,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     embedded = cfg.policy == "smollm2" and cfg.backbone == "smollm2"
-    stages = Stages(out, embedded)
+    stages = Stages(out, show_estimates=embedded)
     started = time.time()
     py = sys.executable
 
@@ -168,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    produced=lambda n=name: (bon_dirs[n] / "report.json").exists())
 
     # 5. report
-    from nemo_erprm.demo_report import write_demo_report
+    from nemo_erprm.experiments.demo_report import write_demo_report
 
     summary = write_demo_report(out, cfg=asdict(cfg), records=records, run_dir=run_dir, trained=trained,
                                 bon_dirs=bon_dirs, times=stages.times, total_s=time.time() - started)

@@ -1,0 +1,1 @@
+"""Tests of nemo_erprm.experiments."""
