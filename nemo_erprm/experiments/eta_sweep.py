@@ -1,0 +1,360 @@
+"""The η-sweep experiment: one set of rollouts → soft, ER and hard labels → one PRM each →
+Best-of-N and first-error F1 against exact step ground truth.
+
+    python -m nemo_erprm.experiments.eta_sweep --config conf/experiments/arith_cpu.yaml [key=value ...]
+
+Per seed (``seeds``: each its own task, policy, rollouts and PRMs), every stage is a command of
+this project, run in a fresh process and reused on a rerun while its settings are unchanged
+(:mod:`nemo_erprm.experiments.stages`):
+
+1. task        python -m nemo_erprm.experiments.arith_task: train / val / test problems
+2. policy      python -m nemo_erprm.experiments.arith_policy: the policy (transformers Trainer)
+3. label       tools/label_rollouts.py: the policy's solutions of the train problems, N
+               completions per step prefix, labels for every η from the same outcomes
+4. orm labels  tools/label_rollouts.py (offline input): every step labeled with its
+               solution's outcome, for the outcome-only reward model
+5. convert     tools/convert_hf_checkpoint.py: the policy → the PRM's starting checkpoint
+6. candidates  tools/best_of_n.py --generate: the policy's candidates for val and test problems
+7. train       python -m nemo_erprm.train: one PRM per (label set, grid point)
+8. select      tools/best_of_n.py on the **validation** candidates; the grid point (lr,
+               epochs) with the best mean Best-of-N over label sets is chosen, once, on the
+               first seed; the other seeds train at that point only
+9. evaluate    tools/best_of_n.py on the **test** candidates, with ProcessBench-style
+               first-error F1 (threshold chosen on the validation candidates)
+10. report     report.md / report.json / plots (:mod:`.sweep_report`)
+
+The test split is read by stage 9 and the report only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from nemo_erprm.errors import ConfigError
+from nemo_erprm.experiments.stages import REPO, StageError, Stages, file_digest
+from nemo_erprm.jsonl import iter_jsonl, write_jsonl_atomic
+
+
+@dataclass
+class TaskSizes:
+    train: int = 300
+    val: int = 100
+    test: int = 200
+    min_steps: int = 2
+    max_steps: int = 5
+
+
+@dataclass
+class PolicySettings:
+    """Arguments of ``python -m nemo_erprm.experiments.arith_policy`` (flag → value)."""
+
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GridPoint:
+    lr: float = 1e-3
+    epochs: float = 2.0
+
+    @property
+    def key(self) -> str:
+        return f"lr{self.lr:g}_ep{self.epochs:g}"
+
+
+@dataclass
+class EvalSettings:
+    n: int = 16                      # candidates per val/test problem
+    temperature: float = 0.7
+    max_new_tokens: int = 96
+    aggregation: str = "min"         # the headline aggregation (the paper's); all four are in the JSON
+    select_n: int = 8                # the N the selection on validation maximises
+    subsets: int = 100
+    bootstrap: int = 1000
+    processbench_per_problem: int = 4  # candidates per problem in the first-error sets
+
+
+@dataclass
+class SweepConfig:
+    name: str = "arith_cpu"
+    out: str = "outputs/experiments/arith_cpu"
+    seeds: list[int] = field(default_factory=lambda: [1, 2])
+    task: TaskSizes = field(default_factory=TaskSizes)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    label_config: str = "conf/experiments/arith_label.yaml"
+    label_overrides: list[str] = field(default_factory=list)
+    etas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, math.inf])
+    outcome_rm: bool = True
+    train_config: str = "conf/experiments/arith_train.yaml"
+    train_overrides: list[str] = field(default_factory=list)
+    grid: list[GridPoint] = field(default_factory=lambda: [GridPoint()])
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def validate(self) -> "SweepConfig":
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: repeated seed in {self.seeds}")
+        if not self.grid:
+            raise ConfigError("grid: give at least one (lr, epochs) point")
+        if self.eval.aggregation not in ("min", "last", "mean", "product"):
+            raise ConfigError(f"eval.aggregation must be min, last, mean or product, got {self.eval.aggregation!r}")
+        if not 1 <= self.eval.select_n <= self.eval.n:
+            raise ConfigError(f"eval.select_n={self.eval.select_n} must be in [1, eval.n={self.eval.n}]")
+        for key in ("train", "val", "test"):
+            if getattr(self.task, key) < 2:
+                raise ConfigError(f"task.{key} must be >= 2")
+        return self
+
+
+def load_sweep_config(path: str, overrides: list[str]) -> SweepConfig:
+    from nemo_erprm.yaml_config import load_structured
+
+    return load_structured(SweepConfig, path, overrides).validate()
+
+
+def label_sets(cfg: SweepConfig) -> dict[str, float]:
+    """Label-set name → the η the trainer selects (the ORM's records carry its labels under every η)."""
+    from nemo_erprm.labeling.er_label import eta_key
+
+    sets = {f"eta{eta_key(e)}": e for e in cfg.etas}
+    if cfg.outcome_rm:
+        sets["orm"] = 0.0
+    return sets
+
+
+def _eta_arg(eta: float) -> str:
+    return ".inf" if eta == math.inf else ("-.inf" if eta == -math.inf else repr(float(eta)))
+
+
+def orm_offline_input(records: Path, out: Path) -> None:
+    """Offline labeling input for the outcome-only RM: the same trajectories, every step's one
+    'completion' scored with the whole solution's outcome."""
+    rows = []
+    for _, r in iter_jsonl(records):
+        rows.append({"id": r["id"].replace("/", "-"), "question": r["question"], "gold": r["gold"],
+                     "steps": [s.rstrip("\n") for s in r["steps"]],
+                     "step_rewards": [[1.0 if r["outcome"] else 0.0]] * len(r["steps"])})
+    write_jsonl_atomic(out, rows)
+
+
+def processbench_file(candidates: Path, problems: Path, out: Path, per_problem: int) -> None:
+    """First-error samples with exact labels: the first ``per_problem`` candidates of each problem,
+    segmented as Best-of-N segments them, labeled by the task's exact step checker."""
+    from nemo_erprm.experiments.arith_task import to_processbench
+    from nemo_erprm.labeling.segmentation import SegmentationConfig, split_steps
+
+    by_q = {p["question"]: p for _, p in iter_jsonl(problems)}
+    rows = []
+    for _, rec in iter_jsonl(candidates):
+        problem = by_q[rec["question"]]
+        for i, text in enumerate(rec["candidates"][:per_problem]):
+            steps = [s.strip() for s in split_steps(text, SegmentationConfig())]
+            if not steps:
+                continue
+            row = to_processbench(problem, steps)
+            row["id"] = f"{rec['id']}/{i}"
+            rows.append(row)
+    write_jsonl_atomic(out, rows)
+
+
+class SeedRun:
+    """The stages of one seed."""
+
+    def __init__(self, cfg: SweepConfig, seed: int, root: Path, stages: Stages):
+        self.cfg, self.seed, self.stages = cfg, seed, stages
+        self.dir = root / f"seed{seed}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.py = sys.executable
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def stage(self, name: str, **kw: Any) -> bool:
+        return self.stages.run(f"seed{self.seed}.{name}", **kw)
+
+    # 1-6: data, policy, labels, checkpoint, candidates
+    def prepare(self) -> None:
+        cfg, t = self.cfg, self.cfg.task
+        task = self.path("task")
+        self.stage("task", settings={"seed": self.seed, **asdict(t)},
+                   cmd=[self.py, "-m", "nemo_erprm.experiments.arith_task", "--seed", self.seed, "--train", t.train,
+                        "--val", t.val, "--test", t.test, "--min-steps", t.min_steps, "--max-steps", t.max_steps,
+                        "--out", task],
+                   output=task, estimate_s=5, produced=lambda: (task / "manifest.json").exists())
+        policy = self.path("policy")
+        pargs = [x for k, v in sorted(cfg.policy.args.items()) for x in (f"--{k.replace('_', '-')}", v)]
+        self.stage("policy", settings={"task": file_digest(task / "train.jsonl"), "seed": self.seed,
+                                       "args": cfg.policy.args},
+                   cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", task / "train.jsonl",
+                        "--val", task / "val.jsonl", "--out", policy, "--seed", self.seed, *pargs],
+                   output=policy, estimate_s=300, produced=lambda: (policy / "policy_summary.json").exists())
+        policy_digest = file_digest(policy / "model.safetensors")
+
+        labels = self.path("labels")
+        overrides = [f"input.path={task / 'train.jsonl'}", f"backend.model={policy}", f"output.dir={labels}",
+                     f"seed={self.seed}", f"etas=[{','.join(_eta_arg(e) for e in cfg.etas)}]", *cfg.label_overrides]
+        self.stage("label", settings={"policy": policy_digest, "config": file_digest(REPO / cfg.label_config),
+                                      "overrides": overrides[3:]},
+                   cmd=[self.py, "tools/label_rollouts.py", "--config", cfg.label_config, *overrides],
+                   output=labels, estimate_s=600,
+                   produced=lambda: (labels / "summary.shard-00000-of-00001.json").exists())
+        self.records = {name: labels / "records.shard-00000-of-00001.jsonl" for name in label_sets(cfg)}
+        if cfg.outcome_rm:
+            orm_in = self.path("orm_input.jsonl")
+            orm_offline_input(labels / "records.shard-00000-of-00001.jsonl", orm_in)
+            orm = self.path("labels_orm")
+            self.stage("orm_labels", settings={"input": file_digest(orm_in)},
+                       cmd=[self.py, "tools/label_rollouts.py", f"input.path={orm_in}", "input.format=offline",
+                            "input.id_field=id", "backend.name=offline", f"output.dir={orm}", "etas=[0]", f"seed={self.seed}"],
+                       output=orm, estimate_s=10,
+                       produced=lambda: (orm / "summary.shard-00000-of-00001.json").exists())
+            self.records["orm"] = orm / "records.shard-00000-of-00001.jsonl"
+
+        self.init = self.path("prm_init")
+        self.stage("convert", settings={"policy": policy_digest},
+                   cmd=[self.py, "tools/convert_hf_checkpoint.py", "--hf-dir", policy, "--out", self.init,
+                        "--head", "lm_tokens"],
+                   output=self.init, estimate_s=30, produced=lambda: (self.init / "prm_config.json").exists())
+
+        e = cfg.eval
+        self.candidates, self.processbench = {}, {}
+        for split in ("val", "test"):
+            out = self.path("candidates", split)
+            self.stage(f"candidates_{split}",
+                       settings={"policy": policy_digest, "problems": file_digest(task / f"{split}.jsonl"),
+                                 "n": e.n, "temperature": e.temperature, "max_new_tokens": e.max_new_tokens},
+                       cmd=[self.py, "tools/best_of_n.py", "--generate", e.n, "--policy", policy,
+                            "--problems", task / f"{split}.jsonl", "--problems-format", "gsm8k",
+                            "--temperature", e.temperature, "--max-new-tokens", e.max_new_tokens,
+                            "--seed", self.seed, "--scorer", "none", "--out", out, "--bootstrap", 0, "--no-progress"],
+                       output=out, estimate_s=120, produced=lambda o=out: (o / "report.json").exists())
+            self.candidates[split] = out / "candidates.jsonl"
+            self.processbench[split] = self.path(f"processbench_{split}.jsonl")
+            processbench_file(self.candidates[split], task / f"{split}.jsonl", self.processbench[split],
+                              e.processbench_per_problem)
+
+    # 7: training
+    def train(self, name: str, eta: float, point: GridPoint) -> Path:
+        from nemo_erprm.training.checkpoints import last_checkpoint
+
+        cfg = self.cfg
+        root = self.path("train", f"{name}_{point.key}")
+        overrides = [f"model.init_from={self.init}", f"data.train={self.records[name]}", f"data.eta={_eta_arg(eta)}",
+                     f"optim.lr={point.lr!r}", f"trainer.max_epochs={point.epochs!r}", f"run.output_dir={root}",
+                     f"run.seed={self.seed}", *cfg.train_overrides]
+        self.stage(f"train.{name}.{point.key}",
+                   settings={"init": file_digest(self.init / "prm_config.json"),
+                             "records": file_digest(self.records[name]), "config": file_digest(REPO / cfg.train_config),
+                             "overrides": overrides[2:]},
+                   cmd=[self.py, "-m", "nemo_erprm.train", "--config", cfg.train_config, *overrides],
+                   output=root, estimate_s=90, produced=lambda: last_checkpoint(root / "prm") is not None)
+        ckpt = last_checkpoint(root / "prm")
+        assert ckpt is not None
+        return ckpt
+
+    # 8-9: Best-of-N (+ first-error F1 on test)
+    def evaluate(self, split: str, name: str, scorer: Path) -> Path:
+        from nemo_erprm.eval.scorers import directory_fingerprint
+
+        e = self.cfg.eval
+        out = self.path("bon", split, name)
+        extra = []
+        if split == "test":
+            extra = ["--processbench", self.processbench["test"],
+                     "--processbench-threshold-split", self.processbench["val"]]
+        self.stage(f"bon_{split}.{name}",
+                   settings={"weights": directory_fingerprint(scorer / "weights", "megatron"),
+                             "candidates": file_digest(self.candidates[split]), "subsets": e.subsets,
+                             "bootstrap": e.bootstrap, "n": e.n,
+                             "processbench": [file_digest(p) for p in self.processbench.values()] if extra else None},
+                   cmd=[self.py, "tools/best_of_n.py", "--candidates", self.candidates[split], "--scorer", scorer,
+                        "--out", out, "--aggregation", "min,last,mean,product", "--n-max", e.n,
+                        "--subsets", e.subsets, "--bootstrap", e.bootstrap, "--seed", self.seed, "--batch-size", 32,
+                        "--no-progress", *extra],
+                   output=out, estimate_s=60, produced=lambda: (out / "report.json").exists())
+        return out
+
+
+def val_score(bon_dir: Path, aggregation: str, n: int) -> float:
+    curve = json.loads((bon_dir / "report.json").read_text())["best_of_n"][f"prm_{aggregation}"]
+    return next(p["accuracy"] for p in curve if p["n"] == n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="sweep config, e.g. conf/experiments/arith_cpu.yaml")
+    p.add_argument("--out", help="output folder (default: the config's `out`)")
+    p.add_argument("--fresh", action="store_true", help="delete previous outputs of this sweep first")
+    p.add_argument("overrides", nargs="*", help="key=value for the sweep config, e.g. seeds=[1]")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_sweep_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    root = (REPO / (args.out or cfg.out)).resolve()
+    if args.fresh and root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sweep_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    stages = Stages(root, show_estimates=False, log_dir=root / "logs")
+    try:
+        return run_sweep(cfg, root, stages)
+    except (StageError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(f"(finished stages are kept; rerun the same command to resume: {root})", file=sys.stderr)
+        return 1
+
+
+def run_sweep(cfg: SweepConfig, root: Path, stages: Stages) -> int:
+    started = time.time()
+    sets = label_sets(cfg)
+    chosen: GridPoint | None = None
+    selection: dict[str, Any] = {}
+    results: dict[str, Any] = {"seeds": {}}
+    for i, seed in enumerate(cfg.seeds):
+        run = SeedRun(cfg, seed, root, stages)
+        run.prepare()
+        untrained = run.evaluate("test", "untrained", run.init)
+        grid = cfg.grid if chosen is None else [chosen]
+        ckpts: dict[tuple[str, str], Path] = {}
+        for point in grid:
+            for name, eta in sets.items():
+                ckpts[name, point.key] = run.train(name, eta, point)
+        if chosen is None:
+            # selection on the validation split of the first seed, never on test
+            table = {}
+            for point in grid:
+                scores = {name: val_score(run.evaluate("val", f"{name}_{point.key}", ckpts[name, point.key]),
+                                          cfg.eval.aggregation, cfg.eval.select_n) for name in sets}
+                table[point.key] = {"per_label_set": scores, "mean": sum(scores.values()) / len(scores)}
+            chosen = max(grid, key=lambda g: table[g.key]["mean"])
+            best_set = max(sets, key=lambda s: table[chosen.key]["per_label_set"][s])
+            selection = {"seed": seed, "split": "val", "n": cfg.eval.select_n, "aggregation": cfg.eval.aggregation,
+                         "grid": table, "chosen": asdict(chosen) | {"key": chosen.key}, "best_label_set": best_set}
+            print(f"=== selection on seed {seed}'s validation problems: {chosen.key}, best label set {best_set}",
+                  flush=True)
+        evals = {name: run.evaluate("test", name, ckpts[name, chosen.key]) for name in sets}
+        results["seeds"][seed] = {"dir": run.dir, "untrained": untrained, "trained": evals,
+                                  "checkpoints": {n: ckpts[n, chosen.key] for n in sets}}
+    from nemo_erprm.experiments.sweep_report import write_sweep_report
+
+    summary = write_sweep_report(root, cfg, selection, results, stages, total_s=time.time() - started)
+    print("\n" + summary)
+    print(f"report: {root / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
