@@ -85,6 +85,7 @@ class EvalSettings:
 @dataclass
 class SweepConfig:
     name: str = "arith_cpu"
+    executor: str = "local"          # slurm: conf/experiments/paper_gsm8k_mistral.yaml (nemo_erprm.experiments.slurm_sweep)
     out: str = "outputs/experiments/arith_cpu"
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     task: TaskSizes = field(default_factory=TaskSizes)
@@ -99,6 +100,8 @@ class SweepConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def validate(self) -> "SweepConfig":
+        if self.executor != "local":
+            raise ConfigError(f"executor={self.executor!r}: this config runs locally (executor: local)")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -119,6 +122,17 @@ def load_sweep_config(path: str, overrides: list[str]) -> SweepConfig:
     from nemo_erprm.yaml_config import load_structured
 
     return load_structured(SweepConfig, path, overrides).validate()
+
+
+def executor_of(path: str, overrides: list[str]) -> str:
+    """``local`` (this module runs every stage) or ``slurm`` (:mod:`.slurm_sweep` submits them)."""
+    for o in overrides:
+        if o.startswith("executor="):
+            return o.split("=", 1)[1]
+    try:
+        return str(OmegaConf.load(path).get("executor", "local"))
+    except Exception:  # unreadable: load_sweep_config reports it with the file's name
+        return "local"
 
 
 def label_sets(cfg: SweepConfig) -> dict[str, float]:
@@ -296,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="delete previous outputs of this sweep first")
     p.add_argument("overrides", nargs="*", help="key=value for the sweep config, e.g. seeds=[1]")
     args = p.parse_args(argv)
+    if executor_of(args.config, args.overrides) == "slurm":
+        from nemo_erprm.experiments import slurm_sweep
+
+        return slurm_sweep.main(args.config, args.overrides, args.out, args.fresh)
     try:
         cfg = load_sweep_config(args.config, args.overrides)
     except ConfigError as e:
