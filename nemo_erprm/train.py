@@ -50,6 +50,8 @@ LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_
 # Settings a resumed run must share with the run it resumes (layout, precision, optimizer
 # and trainer settings may change between restarts).
 RESUME_IDENTITY = ("data", "model.init_from", "model.head", "model.step_tag", "model.tokenizer", "run.seed")
+# ... except these data keys, which change the speed, not what is trained (nor its order)
+RESUME_FREE_DATA_KEYS = ("pad_to",)
 
 
 def single_process_env(environ: dict[str, str]) -> dict[str, str]:
@@ -74,6 +76,9 @@ def prepare_run_dir(cfg: TrainConfig) -> None:
         old, new = OmegaConf.load(saved), OmegaConf.create(dump_train_config(cfg))
         for key in RESUME_IDENTITY:
             a, b = OmegaConf.select(old, key), OmegaConf.select(new, key)
+            if key == "data":  # a run folder written before a free key existed still resumes
+                a, b = ({k: v for k, v in OmegaConf.to_container(x).items() if k not in RESUME_FREE_DATA_KEYS}
+                        for x in (a, b))
             if a != b:
                 raise ConfigError(f"{run_dir} holds a run with {key}={a!r}, this config has {b!r}: "
                                   f"set run.name to start a new run")
@@ -178,6 +183,21 @@ def num_nodes(cfg: TrainConfig) -> int:
     return cfg.trainer.num_nodes
 
 
+def effective_pad_to(cfg: TrainConfig) -> str:
+    """``data.pad_to`` as this run uses it. Pipeline parallelism pads to ``seq_length``: megatron's
+    schedules size every activation a stage receives from the one ``seq_length`` of the step
+    (megatron-core 0.15.3 ``pipeline_parallel/schedules.py`` ``get_tensor_shapes``, and
+    ``tensor_shape = [seq_length, micro_batch_size, hidden]`` for the interleaved schedule), and
+    NeMo passes the data sampler's fixed ``seq_len`` there for a micro-batch sampler
+    (``nemo/lightning/megatron_parallel.py`` ``MegatronStep.__call__`` /
+    ``get_data_iterator_and_seq_length``). Per-micro-batch widths would need
+    ``variable_seq_lengths=True``, an extra shape exchange before every send and receive
+    (``p2p_communication.py`` ``_communicate_shapes``)."""
+    if cfg.model.pipeline_model_parallel_size > 1:
+        return "max_length"
+    return cfg.data.pad_to
+
+
 def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool, nodes: int,
                        devices: int) -> dict[str, Any]:
     """What this run really uses, next to what the config asked for: ``changed`` lists every
@@ -201,6 +221,7 @@ def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool
         "overlap_grad_reduce": ddp.overlap_grad_reduce,
         "overlap_param_gather": ddp.overlap_param_gather,
         "fully_reshardable_checkpoints": ddp.use_distributed_optimizer and o.reshardable_checkpoints,
+        "pad_to": effective_pad_to(cfg),
     }
     requested = {
         "tensor_model_parallel_size": m.tensor_model_parallel_size,
@@ -212,6 +233,9 @@ def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool
     }
     changed = {key: f"requested {want!r}, running {effective[key]!r}" for key, want in requested.items()
                if want is not None and want != effective[key]}
+    if effective["pad_to"] != cfg.data.pad_to:
+        changed["pad_to"] = (f"requested {cfg.data.pad_to!r}, running {effective['pad_to']!r}: pipeline stages "
+                             f"exchange activations of one fixed length")
     defaults = {f.name: f.default for f in fields(type(prm_config)) if f.name in TE_ONLY_FUSIONS}
     for name, default in defaults.items():
         if default is True and not getattr(prm_config, name):
@@ -236,6 +260,7 @@ def run(cfg: TrainConfig) -> Path:
     from nemo.lightning.pytorch.optim import CosineAnnealingScheduler
 
     from nemo_erprm.nemo.callbacks import StepMetricsLogger
+    from nemo_erprm.data.collate import pad_multiple
     from nemo_erprm.nemo.data_module import ERPRMDataModule
     from nemo_erprm.nemo.model import ERPRMModel
     from nemo_erprm.nemo.model_config import PRECISIONS, build_precision_plugin
@@ -260,7 +285,9 @@ def run(cfg: TrainConfig) -> Path:
     data = ERPRMDataModule(
         d.train, tokenizer, val_path=d.validation, val_fraction=d.val_fraction, step_tag=prm_config.step_tag,
         data_format=d.format, eta=d.eta, seq_length=seq_length, micro_batch_size=d.micro_batch_size,
-        global_batch_size=d.global_batch_size, packing=d.packing, shuffle=d.shuffle, seed=cfg.run.seed,
+        global_batch_size=d.global_batch_size, packing=d.packing, pad_to=effective_pad_to(cfg),
+        pad_multiple=pad_multiple(m.tensor_model_parallel_size, m.sequence_parallel),
+        shuffle=d.shuffle, seed=cfg.run.seed,
         num_workers=d.num_workers, num_proc=d.num_proc, cache_dir=str(run_dir / "data_cache"),
     )
     steps_per_epoch = data.num_train_rows // d.global_batch_size

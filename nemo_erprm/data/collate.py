@@ -2,8 +2,11 @@
 
 A row holds one sample, or several with ``packing``: samples are placed back to back,
 positions restart at 0 for each, and the attention mask is block-diagonal causal, so a
-packed sample computes exactly what it computes alone. Rows are padded to ``seq_length``
-(pipeline parallelism needs one activation shape for every microbatch).
+packed sample computes exactly what it computes alone. The rows of a micro-batch are padded
+to a common width: its longest row rounded up to ``pad_multiple`` (``data.pad_to=longest``),
+or ``seq_length`` (``max_length``; what pipeline parallelism needs, see :func:`pad_width`).
+Padding after a row's tokens changes nothing in it: attention is causal within a sample and
+pad tokens carry no step tag, so the loss and its gradient do not depend on the width.
 
 Batch keys:
 - ``tokens`` [b, s] int64, ``position_ids`` [b, s] int64
@@ -19,9 +22,36 @@ Batch keys:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Optional, Sequence
 
 import torch
+
+PAD_TO = ("longest", "max_length")
+# Transformer Engine's FP8 GEMMs want every dimension, the tokens of a micro-batch included,
+# divisible by 16; 16 also keeps the number of distinct shapes (and kernel autotunes) small.
+BASE_PAD_MULTIPLE = 16
+
+
+def pad_multiple(tensor_parallel: int = 1, sequence_parallel: bool = False, context_parallel: int = 1) -> int:
+    """What the width of a micro-batch must be a multiple of: 16 (FP8), TP with sequence
+    parallelism (the sequence is split over the TP ranks), 2*CP with context parallelism
+    (megatron splits it in 2*CP chunks for load balance)."""
+    need = [BASE_PAD_MULTIPLE]
+    if sequence_parallel:
+        need.append(tensor_parallel)
+    if context_parallel > 1:
+        need.append(2 * context_parallel)
+    return math.lcm(*need)
+
+
+def pad_width(row_lengths: Sequence[int], seq_length: int, multiple: Optional[int]) -> int:
+    """The width of a micro-batch: ``seq_length`` when ``multiple`` is None (fixed width), else
+    its longest row rounded up to ``multiple``, never more than ``seq_length``."""
+    if multiple is None:
+        return seq_length
+    longest = max(row_lengths, default=0)
+    return min(seq_length, max(1, -(-longest // multiple)) * multiple)
 
 
 def pack_rows(lengths: Sequence[int], seq_length: int, packing: bool) -> list[list[int]]:
@@ -43,11 +73,14 @@ def pack_rows(lengths: Sequence[int], seq_length: int, packing: bool) -> list[li
 
 
 def collate_rows(
-    rows: Sequence[Sequence[dict[str, Any]]], seq_length: int, pad_id: int, sample_offset: Sequence[int] | None = None
+    rows: Sequence[Sequence[dict[str, Any]]], seq_length: int, pad_id: int, sample_offset: Sequence[int] | None = None,
+    pad_multiple: Optional[int] = None,
 ) -> dict[str, torch.Tensor]:
     """``rows``: per row, the samples (``input_ids``, ``tag_positions``, ``targets``, optional
-    ``sample_index``) -> batch dict (see module doc)."""
+    ``sample_index``) -> batch dict (see module doc), ``seq_length`` wide, or with
+    ``pad_multiple`` as wide as the longest row rounded up to it (:func:`pad_width`)."""
     b = len(rows)
+    seq_length = pad_width([sum(len(s["input_ids"]) for s in row) for row in rows], seq_length, pad_multiple)
     tokens = torch.full((b, seq_length), pad_id, dtype=torch.long)
     position_ids = torch.zeros((b, seq_length), dtype=torch.long)
     allowed = torch.zeros((b, seq_length, seq_length), dtype=torch.bool)

@@ -2,9 +2,11 @@
 
 Reads the labeling stage's records (or ``text_value`` / ``trl`` files), renders and
 tokenizes them once (cached with `datasets` under ``cache_dir``), optionally packs several
-samples per row, and serves fixed-length rows through NeMo's `MegatronDataSampler`
+samples per row, and serves rows through NeMo's `MegatronDataSampler`
 (micro/global batch sizes, data-parallel slicing). The number of consumed samples is saved
 in checkpoints and restored on resume, so a resumed run continues where it stopped.
+Each micro-batch is padded to its longest row (``pad_to="longest"``, rounded up to
+``pad_multiple``) or to ``seq_length`` (``"max_length"``): see :mod:`nemo_erprm.data.collate`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nemo.lightning import io
 from nemo.lightning.pytorch.plugins import MegatronDataSampler
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_erprm.data.collate import collate_rows, pack_rows
+from nemo_erprm.data.collate import BASE_PAD_MULTIPLE, PAD_TO, collate_rows, pack_rows
 from nemo_erprm.data.examples import held_out, load_examples
 from nemo_erprm.data.tokenize import add_step_tag_token, tokenize_dataset
 from nemo_erprm.errors import ConfigError
@@ -147,6 +149,8 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         micro_batch_size: int = 1,
         global_batch_size: int = 64,
         packing: bool = False,
+        pad_to: str = "longest",
+        pad_multiple: int = BASE_PAD_MULTIPLE,
         shuffle: bool = True,
         seed: int = 1234,
         num_workers: int = 0,
@@ -159,6 +163,9 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         self.step_tag, self.add_step_tag_token = step_tag, add_step_tag_token
         self.data_format, self.eta = data_format, eta
         self.seq_length, self.packing = seq_length, packing
+        if pad_to not in PAD_TO:
+            raise ConfigError(f"data.pad_to must be one of {PAD_TO}, got {pad_to!r}")
+        self.pad_to, self.pad_multiple = pad_to, pad_multiple
         self.micro_batch_size, self.global_batch_size = micro_batch_size, global_batch_size
         self.shuffle, self.seed = shuffle, seed
         self.num_workers, self.num_proc, self.cache_dir = num_workers, num_proc, cache_dir
@@ -207,7 +214,8 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
             mode=mode,
             dataset=ds,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate, seq_length=self.seq_length, pad_id=self.pad_id),
+            collate_fn=partial(_collate, seq_length=self.seq_length, pad_id=self.pad_id,
+                               pad_multiple=self.pad_multiple if self.pad_to == "longest" else None),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -251,5 +259,5 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         self.trainer.num_sanity_val_steps *= get_num_microbatches()
 
 
-def _collate(batch: list[list[dict[str, Any]]], seq_length: int, pad_id: int):
-    return collate_rows(batch, seq_length, pad_id)
+def _collate(batch: list[list[dict[str, Any]]], seq_length: int, pad_id: int, pad_multiple: Optional[int] = None):
+    return collate_rows(batch, seq_length, pad_id, pad_multiple=pad_multiple)

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from nemo_erprm.data.collate import PAD_TO
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.yaml_config import load_structured
 from nemo_erprm.nemo.model_config import ModelConfig
@@ -45,6 +46,10 @@ class DataConfig:
     format: str = "auto"  # auto | canonical | text_value | trl
     eta: float = 2.0  # which ER label of canonical records (2: Mistral data, 10: DeepSeek data)
     packing: bool = True
+    # Width of a micro-batch: `longest` pads to its longest row (rounded up to what the layout
+    # needs), `max_length` to model.seq_length. Same loss and gradients; pipeline parallelism
+    # always runs at max_length (its stages exchange activations of one fixed shape).
+    pad_to: str = "longest"
     micro_batch_size: int = 1
     global_batch_size: int = 64
     num_workers: int = 0
@@ -135,6 +140,8 @@ class TrainConfig:
         if d.global_batch_size % d.micro_batch_size:
             raise ConfigError(f"data.global_batch_size={d.global_batch_size} must be a multiple of "
                               f"data.micro_batch_size={d.micro_batch_size}")
+        if d.pad_to not in PAD_TO:
+            raise ConfigError(f"data.pad_to={d.pad_to!r}: must be one of {', '.join(PAD_TO)}")
         if math.isnan(d.eta):
             raise ConfigError("data.eta=nan: must be a number (.inf / -.inf allowed)")
         if self.optim.lr <= 0 or not 0.0 <= self.optim.warmup_ratio < 1.0:

@@ -54,6 +54,29 @@ def test_tp2_pp2_match_tp1_losses(reference, layout, request):
     assert sorted(train) == sorted(ref_train)
     assert max(abs(train[s] - ref_train[s]) for s in train) < 1e-5
     assert max(abs(val[s] - ref_val[s]) for s in val) < 1e-5
+    # the reference pads each micro-batch to its longest row; pipeline stages need one fixed width
+    assert effective(reference)["pad_to"] == "longest"
+    assert effective(out)["pad_to"] == ("max_length" if layout == "pp2_run" else "longest")
+
+
+def effective(out: Path) -> dict:
+    return json.loads((out / "tiny_cpu" / "effective_settings.json").read_text())["effective"]
+
+
+def test_padding_to_max_length_trains_exactly_as_to_the_longest_row(setup, reference):
+    """data.pad_to=max_length (every row seq_length wide) vs the default (each micro-batch as wide
+    as its longest row): padding after a row changes neither the loss nor the gradient."""
+    out = setup["work"] / "max_length"
+    run(train_cmd() + overrides(setup, out, **{"data.pad_to": "max_length", "trainer.stop_after_steps": 4}))
+    assert effective(out)["pad_to"] == "max_length"
+    rows = [json.loads(x) for x in (out / "tiny_cpu" / "metrics.jsonl").read_text().splitlines()]
+    ref = {r["step"]: r for r in map(json.loads, (reference / "tiny_cpu" / "metrics.jsonl").read_text().splitlines())
+           if "split" not in r}
+    train = [r for r in rows if "split" not in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for r in train:
+        assert abs(r["loss"] - ref[r["step"]]["loss"]) < 1e-5, (r, ref[r["step"]])
+        assert abs(r["grad_norm"] - ref[r["step"]]["grad_norm"]) < 1e-5 * max(1.0, r["grad_norm"]), (r, ref[r["step"]])
 
 
 @pytest.mark.parametrize("layout", [{}, {"model.pipeline_model_parallel_size": 2}], ids=["tp1", "pp2"])
