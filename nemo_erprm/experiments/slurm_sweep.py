@@ -165,6 +165,18 @@ def _eta_arg(eta: float) -> str:
     return ".inf" if eta == math.inf else repr(float(eta))
 
 
+def index_ranges(indices: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8`` (an sbatch --array value)."""
+    parts, start = [], None
+    for i, x in enumerate(indices):
+        if start is None:
+            start = x
+        if i + 1 == len(indices) or indices[i + 1] != x + 1:
+            parts.append(str(x) if x == start else f"{start}-{x}")
+            start = None
+    return ",".join(parts)
+
+
 def load_config(path: str, overrides: list[str]) -> SlurmSweepConfig:
     from nemo_erprm.yaml_config import load_structured
 
@@ -222,7 +234,7 @@ class Plan:
         records = labels / "records.jsonl"
 
         missing = self.missing_shards(labels)
-        array = f"0-{cfg.shards - 1}" if len(missing) == cfg.shards else ",".join(map(str, missing))
+        array = index_ranges(missing)
         label_args = [f"backend.model={policy}", f"output.dir={labels}", f"seed={cfg.seed}",
                       f"etas=[{','.join(_eta_arg(e) for e in cfg.etas)}]", *cfg.label_overrides]
         self.add(Job("label", [f"--array={array}", f"--output={self.logs}/label-%A_%a.out",
