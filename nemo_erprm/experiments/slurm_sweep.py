@@ -39,9 +39,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 from omegaconf import OmegaConf
 
@@ -54,10 +54,10 @@ STAGES = ("label", "merge", "convert", "train", "generate", "score")
 @dataclass
 class TestSet:
     name: str = "gsm8k"
-    problems: Optional[str] = None     # generate candidates for these problems ...
+    problems: str | None = None     # generate candidates for these problems ...
     format: str = "gsm8k"              # gsm8k | math
-    candidates: Optional[str] = None   # ... or score a given candidates file
-    limit: Optional[int] = None        # first K problems only
+    candidates: str | None = None   # ... or score a given candidates file
+    limit: int | None = None        # first K problems only
 
 
 @dataclass
@@ -79,9 +79,9 @@ class Container:
     """pyxis images (as slurm/*.sh read them). ``image``: training, conversion, merge, scoring;
     ``label_image``: labeling and candidate generation (vLLM)."""
 
-    image: Optional[str] = None
-    label_image: Optional[str] = None
-    mounts: Optional[str] = None
+    image: str | None = None
+    label_image: str | None = None
+    mounts: str | None = None
 
 
 @dataclass
@@ -89,8 +89,8 @@ class SlurmSweepConfig:
     name: str = "slurm_sweep"
     executor: str = "slurm"
     out: str = "outputs/experiments/slurm_sweep"
-    policy: Optional[str] = None       # the policy's HF folder (must exist before anything is submitted)
-    init_from: Optional[str] = None    # a converted PRM checkpoint; default: convert the policy (job 3)
+    policy: str | None = None       # the policy's HF folder (must exist before anything is submitted)
+    init_from: str | None = None    # a converted PRM checkpoint; default: convert the policy (job 3)
     convert_args: list[str] = field(default_factory=lambda: ["--head", "lm_tokens"])
     seed: int = 1234
     shards: int = 32
@@ -106,7 +106,7 @@ class SlurmSweepConfig:
     container: Container = field(default_factory=Container)
     dry_run: bool = False              # print the sbatch lines, submit nothing
 
-    def validate(self) -> "SlurmSweepConfig":
+    def validate(self) -> SlurmSweepConfig:
         if self.executor != "slurm":
             raise ConfigError(f"executor={self.executor!r}: this config is submitted to Slurm (executor: slurm)")
         if not self.policy:
@@ -129,6 +129,8 @@ class SlurmSweepConfig:
         for key in ("label_config", "train_config"):
             if not (REPO / getattr(self, key)).is_file():
                 raise ConfigError(f"{key}={getattr(self, key)}: no such file")
+        if any(o.replace(" ", "").lower() in ("export.hf=false", "export.hf=0") for o in self.train_overrides):
+            raise ConfigError("train_overrides: export.hf=false: the scoring jobs read each run's HF export (run/hf)")
         unknown = sorted(set(self.resources) - set(STAGES))
         if unknown:
             raise ConfigError(f"resources: unknown stage(s) {unknown}; stages are {list(STAGES)}")
@@ -212,7 +214,7 @@ class Plan:
         return [f"--job-name={self.cfg.name}.{name}", f"--output={self.logs}/{name}-%j.out",
                 *self.cfg.resources.get(stage, [])]
 
-    def wrap(self, stage: str, name: str, args: list[str], image: Optional[str]) -> list[str]:
+    def wrap(self, stage: str, name: str, args: list[str], image: str | None) -> list[str]:
         """A job of one tool command (no script of its own): the project's python, or the
         image's python3 through pyxis when an image is set."""
         run = [self.py, *args]
@@ -223,11 +225,11 @@ class Plan:
         body = f"cd {shlex.quote(str(REPO))} && exec " + " ".join(shlex.quote(str(a)) for a in run)
         return [*self.flags(stage, name), f"--wrap={body}"]
 
-    def env_export(self, **env: Optional[str]) -> list[str]:
+    def env_export(self, **env: str | None) -> list[str]:
         pairs = [f"{k}={v}" for k, v in env.items() if v]
         return [f"--export=ALL,{','.join(pairs)}"] if pairs else []
 
-    def build(self) -> "Plan":
+    def build(self) -> Plan:
         cfg, out, c = self.cfg, self.out, self.cfg.container
         policy = str(Path(cfg.policy).resolve())
         labels = out / "labels"
@@ -311,7 +313,7 @@ class Plan:
 
 def in_queue(job_id: str) -> bool:
     """Pending or running (squeue lists a job until it has ended)."""
-    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, check=False)
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
@@ -338,7 +340,7 @@ def submit_all(plan: Plan, previous: dict, dry_run: bool, records: dict[str, dic
             ids[job.name] = f"<{job.name}>"  # the id sbatch would print
             print(f"{job.name}: {line}")
             continue
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SubmitError(f"sbatch for {job.name} failed (exit {proc.returncode}): "
                               f"{(proc.stderr or proc.stdout).strip()}\n  {line}")
@@ -354,7 +356,7 @@ class SubmitError(RuntimeError):
     """sbatch refused a job (the jobs submitted before it are recorded)."""
 
 
-def main(config_path: str, overrides: list[str], out: Optional[str] = None, fresh: bool = False,
+def main(config_path: str, overrides: list[str], out: str | None = None, fresh: bool = False,
          dry_run: bool = False) -> int:
     """Check the config, then submit the sweep's missing jobs (or print them: ``dry_run``)."""
     try:
@@ -392,7 +394,7 @@ def main(config_path: str, overrides: list[str], out: Optional[str] = None, fres
     return 0
 
 
-def cli(argv: Optional[list[str]] = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="e.g. conf/experiments/paper_gsm8k_mistral.yaml")
     p.add_argument("--out", help="output folder (default: the config's `out`)")

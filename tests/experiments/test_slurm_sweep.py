@@ -137,7 +137,8 @@ def test_missing_policy_is_one_line_and_submits_nothing(shared_data, fake_slurm,
 
 def test_config_errors_name_the_key(shared_data, fake_policy, tmp_path, capfd):
     for override, key in (("resources.gpu=[x]", "resources"), ("etas=[2,2.0]", "etas"), ("shards=0", "shards"),
-                          ("eval.test_sets=[]", "eval.test_sets")):
+                          ("eval.test_sets=[]", "eval.test_sets"), ("train_overrides=[export.hf=false]", "train_overrides"),
+                          ("eval.test_sets=[{name: x, problems: nope.jsonl}]", "eval.test_sets[0] (x)")):
         assert slurm_sweep.main(PAPER, [f"policy={fake_policy}", override], str(tmp_path / "o"), False, True) == 2
         err = capfd.readouterr().err
         assert err.startswith(f"error: {key}"), (override, err)
@@ -187,18 +188,18 @@ def local_slurm(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm_state")
     env = {**os.environ, "ERPRM_SLURM_DIR": str(state), "ERPRM_PYTHON": sys.executable,
            "ERPRM_SLURMCTLD_PORT": "6917", "ERPRM_SLURMD_PORT": "6918"}
-    proc = subprocess.run(["bash", "slurm/local_cluster.sh", "up"], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run(["bash", "slurm/local_cluster.sh", "up"], cwd=REPO, env=env, capture_output=True, check=False,
                           text=True, timeout=900)
     if proc.returncode != 0:
         pytest.skip(f"no local Slurm cluster: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     env["SLURM_CONF"] = str(state / "slurm.conf")
     yield env
-    subprocess.run(["bash", "slurm/local_cluster.sh", "down"], cwd=REPO, env=env, capture_output=True)
+    subprocess.run(["bash", "slurm/local_cluster.sh", "down"], cwd=REPO, env=env, capture_output=True, check=False)
 
 
 def job_rows(env, job_id: str) -> list[dict[str, str]]:
     """``scontrol show job -o``: one dict per job (an array: one per task)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True).stdout
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True, check=False).stdout
     return [dict(w.split("=", 1) for w in line.split() if "=" in w) for line in out.splitlines() if line.strip()]
 
 
@@ -213,14 +214,14 @@ def test_tiny_sweep_runs_on_local_slurm_and_a_rerun_submits_nothing(local_slurm,
     cmd = [sys.executable, "-m", "nemo_erprm.experiments.slurm_sweep", "--config", TINY, "--out", str(out),
            f"policy={tiny_lm_dir}"]
     started = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, env=local_slurm, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, env=local_slurm, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = json.loads((out / "submitted.json").read_text())["jobs"]
     assert len(jobs) == 11 and all(j["status"] == "submitted" for j in jobs.values())
     ids = [j["id"] for j in jobs.values()]
 
     deadline = time.time() + 420
-    while subprocess.run(["squeue", "-h", "-j", ",".join(ids)], env=local_slurm, capture_output=True,
+    while subprocess.run(["squeue", "-h", "-j", ",".join(ids)], env=local_slurm, capture_output=True, check=False,
                          text=True).stdout.strip():
         assert time.time() < deadline, "jobs still queued after 420 s" + log_tails(out)
         time.sleep(2)
@@ -248,9 +249,9 @@ def test_tiny_sweep_runs_on_local_slurm_and_a_rerun_submits_nothing(local_slurm,
     print(f"tiny sweep on local Slurm: {len(jobs)} jobs ({sum(len(r) for r in rows.values())} with array tasks), "
           f"{wall:.0f} s wall")
 
-    rerun = subprocess.run(cmd, cwd=REPO, env=local_slurm, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(cmd, cwd=REPO, env=local_slurm, capture_output=True, text=True, timeout=120, check=False)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "0 job(s) submitted" in rerun.stdout and rerun.stdout.count("skip ") == 11, rerun.stdout
-    assert not subprocess.run(["squeue", "-h"], env=local_slurm, capture_output=True, text=True).stdout.strip()
+    assert not subprocess.run(["squeue", "-h"], env=local_slurm, capture_output=True, text=True, check=False).stdout.strip()
     assert {n: j["id"] for n, j in json.loads((out / "submitted.json").read_text())["jobs"].items()} == \
         {n: j["id"] for n, j in jobs.items()}
