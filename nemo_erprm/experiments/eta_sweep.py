@@ -46,7 +46,12 @@ from nemo_erprm.jsonl import iter_jsonl, write_jsonl_atomic
 
 @dataclass
 class TaskSizes:
-    train: int = 300
+    """``train``: all training problems; the first ``label_problems`` are the PRM's (labeled
+    from the policy's rollouts), the rest the policy's, so the policy never saw a problem
+    it is rolled out on (as at test time)."""
+
+    train: int = 4300
+    label_problems: int = 300
     val: int = 100
     test: int = 200
     min_steps: int = 2
@@ -112,9 +117,12 @@ class SweepConfig:
             raise ConfigError(f"eval.aggregation must be min, last, mean or product, got {self.eval.aggregation!r}")
         if not 1 <= self.eval.select_n <= self.eval.n:
             raise ConfigError(f"eval.select_n={self.eval.select_n} must be in [1, eval.n={self.eval.n}]")
-        for key in ("train", "val", "test"):
+        for key in ("label_problems", "val", "test"):
             if getattr(self.task, key) < 2:
                 raise ConfigError(f"task.{key} must be >= 2")
+        if self.task.train < self.task.label_problems + 2:
+            raise ConfigError(f"task.train={self.task.train} must exceed task.label_problems="
+                              f"{self.task.label_problems} by at least 2 (the rest train the policy)")
         return self
 
 
@@ -204,19 +212,26 @@ class SeedRun:
                         "--val", t.val, "--test", t.test, "--min-steps", t.min_steps, "--max-steps", t.max_steps,
                         "--out", task],
                    output=task, estimate_s=5, produced=lambda: (task / "manifest.json").exists())
+        # the policy's problems and the PRM's: disjoint parts of the train split
+        train = list(iter_jsonl(task / "train.jsonl"))
+        prm_problems, policy_problems = task / "prm_train.jsonl", task / "policy_train.jsonl"
+        write_jsonl_atomic(prm_problems, [r for _, r in train[: t.label_problems]])
+        write_jsonl_atomic(policy_problems, [r for _, r in train[t.label_problems:]])
+        self.prm_problems = prm_problems
         policy = self.path("policy")
         pargs = [x for k, v in sorted(cfg.policy.args.items()) for x in (f"--{k.replace('_', '-')}", v)]
-        self.stage("policy", settings={"task": file_digest(task / "train.jsonl"), "seed": self.seed,
+        self.stage("policy", settings={"task": file_digest(policy_problems), "seed": self.seed,
                                        "args": cfg.policy.args},
-                   cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", task / "train.jsonl",
+                   cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", policy_problems,
                         "--val", task / "val.jsonl", "--out", policy, "--seed", self.seed, *pargs],
                    output=policy, estimate_s=300, produced=lambda: (policy / "policy_summary.json").exists())
         policy_digest = file_digest(policy / "model.safetensors")
 
         labels = self.path("labels")
-        overrides = [f"input.path={task / 'train.jsonl'}", f"backend.model={policy}", f"output.dir={labels}",
+        overrides = [f"input.path={prm_problems}", f"backend.model={policy}", f"output.dir={labels}",
                      f"seed={self.seed}", f"etas=[{','.join(_eta_arg(e) for e in cfg.etas)}]", *cfg.label_overrides]
-        self.stage("label", settings={"policy": policy_digest, "config": file_digest(REPO / cfg.label_config),
+        self.stage("label", settings={"policy": policy_digest, "problems": file_digest(prm_problems),
+                                      "config": file_digest(REPO / cfg.label_config),
                                       "overrides": overrides[3:]},
                    cmd=[self.py, "tools/label_rollouts.py", "--config", cfg.label_config, *overrides],
                    output=labels, estimate_s=600,

@@ -173,7 +173,7 @@ def write_sweep_report(root: Path, cfg: Any, selection: dict[str, Any], results:
         from nemo_erprm.labeling.er_label import eta_key
 
         keys = [eta_key(x) for x in cfg.etas]
-        quality = label_quality(records, d / "task" / "train.jsonl", keys)
+        quality = label_quality(records, d / "task" / "prm_train.jsonl", keys)
         _plot_labels(root / f"labels_seed{seed}.png", quality)
 
         # Best-of-N: the tool's curves, recomputed per problem for the paired differences
