@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="with --generate")
     src.add_argument("--problems", help="with --generate: problems file (GSM8K or MATH layout)")
     src.add_argument("--problems-format", default="gsm8k", choices=["gsm8k", "math"])
+    src.add_argument("--prompt-config", metavar="LABEL_YAML",
+                     help="with --generate: prompt the policy as this labeling config's `prompt` section does "
+                          "(default: the labeling default, the policy's chat template when it has one)")
     src.add_argument("--max-new-tokens", type=int, default=320)
     src.add_argument("--temperature", type=float, default=0.7)
     src.add_argument("--limit", type=int, help="first K problems only")
@@ -68,7 +71,12 @@ def generate_candidates(args: argparse.Namespace, out_dir: Path) -> Path:
         raise ConfigError("--generate needs --problems FILE")
     problems = load_problems(InputConfig(path=args.problems, format=args.problems_format, limit=args.limit), "ки")
     sampling = SamplingConfig(n=args.generate, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    backend = build_backend(BackendConfig(name=args.backend, model=args.policy), sampling, PromptConfig())
+    prompt = PromptConfig()
+    if args.prompt_config:
+        from nemo_erprm.labeling.config import load_label_config
+
+        prompt = load_label_config(args.prompt_config).prompt
+    backend = build_backend(BackendConfig(name=args.backend, model=args.policy), sampling, prompt)
     records = []
     for i, prob in enumerate(problems):
         texts = backend.generate([backend.format_prompt(prob.question)], args.generate, seed=args.seed + i)[0]
@@ -130,6 +138,8 @@ def check_args(args: argparse.Namespace) -> None:
             if not p.is_dir():
                 raise ConfigError(f"--out {args.out}: {p} is a file, not a folder")
             break
+    if args.prompt_config and not Path(args.prompt_config).is_file():
+        raise ConfigError(f"--prompt-config {args.prompt_config}: no such file")
     if args.candidates and not Path(args.candidates).is_file():
         raise ConfigError(f"--candidates {args.candidates}: no such file")
     if args.scorer != "none" and not Path(args.scorer).is_dir():

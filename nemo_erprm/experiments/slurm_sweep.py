@@ -283,6 +283,7 @@ class Plan:
                 self.add(Job(gen[0], self.wrap("generate", gen[0], [
                     "tools/best_of_n.py", "--generate", e.n, "--policy", policy, "--backend", e.backend,
                     "--problems", (REPO / t.problems).resolve(), "--problems-format", t.format, *limit,
+                    "--prompt-config", (REPO / cfg.label_config).resolve(),
                     "--temperature", e.temperature, "--max-new-tokens", e.max_new_tokens, "--seed", cfg.seed,
                     "--scorer", "none", "--out", gen_out, "--bootstrap", 0, "--no-progress"], c.label_image or c.image),
                     [], lambda g=gen_out: (g / "report.json").is_file(), gen_out))
