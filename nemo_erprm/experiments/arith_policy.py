@@ -66,7 +66,11 @@ class ModelShape:
 
 @dataclass
 class TrainSettings:
-    steps: int = 1500
+    # Measured (seed-0 data, 4000 train problems, 50 val problems x 4 samples, T=0.7): pass@1
+    # 0.005 / 0.04 / 0.135 / 0.24 at steps 500 / 1000 / 1500 / 2000 of one 2000-step cosine run
+    # (exact chain 0 / 0 / 0.06 / 0.13); the loss drops sharply after ~1000 steps (copying
+    # the operands is learned late). lr 6e-3 learned slower than 3e-3.
+    steps: int = 2000
     lr: float = 3e-3
     batch_size: int = 32
     warmup_steps: int = 50
@@ -285,11 +289,14 @@ def run(args: Any) -> dict[str, Any]:
                              args.threads)
     if args.eval_problems < 0 or args.eval_samples < 1 or args.temperature < 0:
         raise ConfigError("--eval-problems must be >= 0, --eval-samples >= 1 and --temperature >= 0")
-    check_output_dir(args.out, "--out", None)  # fail before training, not after
+    if Path(args.out).exists():  # fail before training, not after; a policy is never replaced
+        raise ConfigError(f"--out {args.out}: already exists; choose a new folder")
+    check_output_dir(args.out, "--out", None)  # parent writable
     train = _read_problems(args.train, "--train")
     val = _read_problems(args.val, "--val")[: args.eval_problems] if args.eval_problems else []
     summary: dict[str, Any] = {"train_file": str(args.train), "val_file": str(args.val), **asdict(settings),
-                               "model": asdict(shape)}
+                               "model": asdict(shape), "temperature": args.temperature,
+                               "eval_problems": len(val), "samples_per_problem": args.eval_samples}
     with atomic_output_dir(args.out) as tmp:  # a killed run leaves no half policy at --out
         summary.update(train_policy(train, tmp, shape, settings))
         if val:

@@ -111,3 +111,11 @@ def test_cli_trains_saves_a_loadable_policy_and_refuses_an_existing_out(data, tm
     again = _cli(data, out)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert again.stderr.count("\n") == 1
+
+
+def test_an_existing_empty_out_is_refused_before_training(data, tmp_path, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    rc = ap.main(["--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --out") and "already exists" in err and list(out.iterdir()) == []
