@@ -30,16 +30,20 @@ def _cumulant_series(mean: Any, k2: Any, k3: Any, eta: float) -> Any:
 def _label_numpy(r: np.ndarray, eta: float) -> np.ndarray:
     if eta == 0:
         return r.mean(axis=-1)
+    if math.isinf(eta):
+        return r.max(axis=-1) if eta > 0 else r.min(axis=-1)
     if abs(eta) < _SMALL_ETA:
         mean = r.mean(axis=-1)
         d = r - mean[..., None]
-        return _cumulant_series(mean, (d**2).mean(axis=-1), (d**3).mean(axis=-1), eta)
-    if math.isinf(eta):
-        return r.max(axis=-1) if eta > 0 else r.min(axis=-1)
-    x = eta * r
-    peak = x.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(x - peak).sum(axis=-1)) + peak[..., 0]
-    return (lse - math.log(r.shape[-1])) / eta
+        label = _cumulant_series(mean, (d**2).mean(axis=-1), (d**3).mean(axis=-1), eta)
+    else:
+        x = eta * r
+        peak = x.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(x - peak).sum(axis=-1)) + peak[..., 0]
+        label = (lse - math.log(r.shape[-1])) / eta
+    # a soft maximum lies between min and max; rounding can step outside (16 ones at η=2 gave
+    # 1.0000000000000002, which the training data check rightly refuses as a label above 1)
+    return np.clip(label, r.min(axis=-1), r.max(axis=-1))
 
 
 def _label_torch(r: Any, eta: float) -> Any:
@@ -53,7 +57,8 @@ def _label_torch(r: Any, eta: float) -> Any:
         return _cumulant_series(mean, (d**2).mean(dim=-1), (d**3).mean(dim=-1), eta)
     if math.isinf(eta):
         return r.amax(dim=-1) if eta > 0 else r.amin(dim=-1)
-    return (torch.logsumexp(eta * r, dim=-1) - math.log(r.shape[-1])) / eta
+    label = (torch.logsumexp(eta * r, dim=-1) - math.log(r.shape[-1])) / eta
+    return torch.minimum(torch.maximum(label, r.amin(dim=-1)), r.amax(dim=-1))
 
 
 def er_label(rewards: Any, eta: float) -> Any:

@@ -85,3 +85,21 @@ def test_small_eta_is_accurate(eta):
     assert er_label(r, eta) == pytest.approx(exact, abs=1e-12)
     assert er_label_from_counts(5, 16, eta) == pytest.approx(exact, abs=1e-12)
     assert float(er_label(torch.tensor(r), eta)) == pytest.approx(exact, abs=1e-12)
+
+
+@pytest.mark.parametrize("eta", [-7.0, -2.0, 0.0005, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0])
+def test_label_stays_between_the_smallest_and_largest_reward(eta):
+    """Rounding must not push a label outside [min r, max r]: 16 successes at η=2 gave
+    1.0000000000000002, which the training data check refuses (labels must lie in [0, 1])."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    batches = [np.ones((3, 16)), np.zeros((2, 16)), rng.integers(0, 2, size=(200, 16)).astype(float),
+               rng.random((50, 7))]
+    for r in batches:
+        out = er_label(r, eta)
+        assert (out <= r.max(axis=-1)).all() and (out >= r.min(axis=-1)).all()
+        t = er_label(torch.tensor(r), eta)
+        assert bool((t <= torch.tensor(r).amax(dim=-1)).all()) and bool((t >= torch.tensor(r).amin(dim=-1)).all())
+    assert er_label([1.0] * 16, eta) == 1.0 and er_label([0.0] * 16, eta) == 0.0
