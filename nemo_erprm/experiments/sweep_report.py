@@ -225,7 +225,7 @@ def write_sweep_report(root: Path, cfg: Any, selection: dict[str, Any], results:
         md += [f"## Seed {seed}", ""]
         md += [f"- Task: {manifest.get('counts')} problems, files' sha256 in `report.json`.",
                f"- Policy: {policy.get('params', '?')} parameters, trained {policy.get('steps', '?')} steps in "
-               f"{policy.get('train_seconds', 0):.0f}s; pass@1 on validation "
+               f"{policy.get('train_time_s', 0):.0f}s; pass@1 on validation "
                f"{_first_number(policy, ('pass_at_1', 'pass@1'))}; on the test candidates {pass1:.3f}.",
                f"- Labels: {quality['solutions']} policy solutions of train problems "
                f"({quality['exactly_correct_solutions']} exactly right), {quality['steps']} steps "
