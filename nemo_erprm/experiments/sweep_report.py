@@ -110,10 +110,11 @@ def _plot_curves(path: Path, curves: dict[str, list[dict]], title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, pts in curves.items():
+    colors = plt.cm.tab20.colors  # 12+ curves: the default cycle of 10 would repeat colours
+    for i, (name, pts) in enumerate(curves.items()):
         ns = [p["n"] for p in pts]
         style = "--" if name in ("random", "majority", "oracle", "untrained") else "-"
-        ax.plot(ns, [p["accuracy"] for p in pts], style, marker="o", label=name)
+        ax.plot(ns, [p["accuracy"] for p in pts], style, marker="o", label=name, color=colors[i % len(colors)])
         if style == "-":
             ax.fill_between(ns, [p["low"] for p in pts], [p["high"] for p in pts], alpha=0.08)
     ax.set_xscale("log", base=2)
