@@ -22,7 +22,6 @@ through the labeling backend; ``POLICY/policy_summary.json`` holds the settings 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time

@@ -10,7 +10,6 @@ import pytest
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.eval.best_of_n import best_of_n_curves
-from nemo_erprm.eval.candidates import BoNProblem, Candidate
 from nemo_erprm.experiments import eta_sweep
 from nemo_erprm.experiments.arith_task import first_wrong_step, make_splits
 from nemo_erprm.experiments.sweep_report import load_scored, paired_diff, per_problem
