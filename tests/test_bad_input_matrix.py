@@ -213,7 +213,7 @@ def test_demo_train_config_points_at_what_the_demo_writes():
     import yaml
 
     cfg = yaml.safe_load((REPO / "conf" / "demo" / "train.yaml").read_text())
-    source = (REPO / "nemo_erprm" / "demo.py").read_text()
+    source = (REPO / "nemo_erprm" / "experiments" / "demo.py").read_text()
     assert 'out / f"prm_{head}"' in source and 'default="outputs/demo"' in source  # where stage 2 writes
     assert cfg["model"]["init_from"] == "outputs/demo/prm_lm_tokens" and cfg["model"]["head"] == "lm_tokens"
     assert cfg["data"]["train"] == "outputs/demo/labels/records.shard-00000-of-00001.jsonl"

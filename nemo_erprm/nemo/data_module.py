@@ -30,6 +30,15 @@ from nemo_erprm.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def _pipeline_stages() -> int:
+    """Pipeline-parallel world size of this process (1 before megatron's groups exist)."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 1
+    return parallel_state.get_pipeline_model_parallel_world_size()
+
+
 def hf_tokenizer(tokenizer: Any) -> Any:
     """The Hugging Face tokenizer behind a NeMo `AutoTokenizer`, a path, or an HF tokenizer."""
     if isinstance(tokenizer, (str, Path)):
@@ -210,12 +219,19 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         if getattr(self, "trainer", None) is not None:
             self.init_global_step = self.trainer.global_step
             self.data_sampler.init_global_step = self.init_global_step
+        pad_to = self.pad_to
+        if pad_to == "longest" and _pipeline_stages() > 1:
+            # Pipeline stages exchange activations of one fixed length, seq_length (see
+            # nemo_erprm.train.effective_pad_to, which also reports this in the run summary).
+            logger.warning("ER-PRM data: pad_to='longest' requested, padding to seq_length=%d: "
+                           "pipeline stages exchange activations of one fixed length", self.seq_length)
+            pad_to = "max_length"
         return WrappedDataLoader(
             mode=mode,
             dataset=ds,
             num_workers=self.num_workers,
             collate_fn=partial(_collate, seq_length=self.seq_length, pad_id=self.pad_id,
-                               pad_multiple=self.pad_multiple if self.pad_to == "longest" else None),
+                               pad_multiple=self.pad_multiple if pad_to == "longest" else None),
         )
 
     def train_dataloader(self) -> DataLoader:
