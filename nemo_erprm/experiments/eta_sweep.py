@@ -13,7 +13,10 @@ this project, run in a fresh process and reused on a rerun while its settings ar
                completions per step prefix, labels for every η from the same outcomes
 4. orm labels  tools/label_rollouts.py (offline input): every step labeled with its
                solution's outcome, for the outcome-only reward model
-5. convert     tools/convert_hf_checkpoint.py: the policy → the PRM's starting checkpoint
+5. backbone    (optional, ``backbone.args`` set) python -m nemo_erprm.experiments.arith_policy:
+               the PRM's backbone, the same model family trained further on the same problems
+   convert     tools/convert_hf_checkpoint.py: the backbone (by default the policy itself) →
+               the PRM's starting checkpoint
 6. candidates  tools/best_of_n.py --generate: the policy's candidates for val and test problems
 7. train       python -m nemo_erprm.train: one PRM per (label set, grid point)
 8. select      tools/best_of_n.py on the **validation** candidates; the grid point (lr,
@@ -66,6 +69,17 @@ class PolicySettings:
 
 
 @dataclass
+class BackboneSettings:
+    """The PRM's backbone. Empty ``args``: the policy itself (the paper's setting, a PRM that
+    starts from the model family it judges). Set: a second ``arith_policy`` run on the same
+    problems with these flags (e.g. ``{steps: 6000}``), for a backbone that knows the skill
+    the policy's samples get wrong; a tiny policy's errors are gaps in what it knows, which
+    a PRM initialised from it cannot see (docs/experiments/arith_cpu_seed1/FINDINGS.md)."""
+
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class GridPoint:
     lr: float = 1e-3
     epochs: float = 2.0
@@ -95,6 +109,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     task: TaskSizes = field(default_factory=TaskSizes)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    backbone: BackboneSettings = field(default_factory=BackboneSettings)
     label_config: str = "conf/experiments/arith_label.yaml"
     label_overrides: list[str] = field(default_factory=list)
     etas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, math.inf])
@@ -248,9 +263,20 @@ class SeedRun:
                        produced=lambda: (orm / "summary.shard-00000-of-00001.json").exists())
             self.records["orm"] = orm / "records.shard-00000-of-00001.jsonl"
 
+        backbone, backbone_digest = policy, policy_digest
+        if cfg.backbone.args:
+            backbone = self.path("backbone")
+            bargs = [x for k, v in sorted(cfg.backbone.args.items()) for x in (f"--{k.replace('_', '-')}", v)]
+            self.stage("backbone", settings={"task": file_digest(policy_problems), "seed": self.seed,
+                                             "args": cfg.backbone.args},
+                       cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", policy_problems,
+                            "--val", task / "val.jsonl", "--out", backbone, "--seed", self.seed, *bargs],
+                       output=backbone, estimate_s=600,
+                       produced=lambda: (backbone / "policy_summary.json").exists())
+            backbone_digest = file_digest(backbone / "model.safetensors")
         self.init = self.path("prm_init")
-        self.stage("convert", settings={"policy": policy_digest},
-                   cmd=[self.py, "tools/convert_hf_checkpoint.py", "--hf-dir", policy, "--out", self.init,
+        self.stage("convert", settings={"policy": policy_digest, **({"backbone": backbone_digest} if cfg.backbone.args else {})},
+                   cmd=[self.py, "tools/convert_hf_checkpoint.py", "--hf-dir", backbone, "--out", self.init,
                         "--head", "lm_tokens"],
                    output=self.init, estimate_s=30, produced=lambda: (self.init / "prm_config.json").exists())
 

@@ -99,6 +99,36 @@ def label_quality(records: Path, problems_file: Path, label_keys: Sequence[str])
 
 # ---- the report ------------------------------------------------------------------------------
 
+def divergence_auc(candidates: Path, scored: Path) -> dict[str, Any]:
+    """Within-problem step discrimination, the skill Best-of-N needs: for every pair (correct,
+    wrong) of candidates of one problem, the step where their texts first differ is scored by
+    the PRM in both; the AUC is P(score of the correct one's step > the wrong one's), ties ½.
+    A PRM that only learned how hard a problem is scores 0.5 here, however well its scores
+    separate problems."""
+    from nemo_erprm.labeling.segmentation import SegmentationConfig, split_steps
+
+    texts = {rec["id"]: rec["candidates"] for _, rec in iter_jsonl(candidates)}
+    wins = pairs = 0.0
+    for _, rec in iter_jsonl(scored):
+        steps = {}
+        for c in rec["candidates"]:
+            source = c["source"]
+            if source not in steps:
+                steps[source] = [x.strip() for x in split_steps(texts[rec["id"]][int(source)], SegmentationConfig())]
+        right = [c for c in rec["candidates"] if c["correct"]]
+        wrong = [c for c in rec["candidates"] if not c["correct"]]
+        for a in right:
+            for b in wrong:
+                sa, sb = steps[a["source"]], steps[b["source"]]
+                k = next((i for i, (x, y) in enumerate(zip(sa, sb)) if x != y), None)
+                if k is None or k >= min(len(a["step_scores"]), len(b["step_scores"])):
+                    continue
+                x, y = a["step_scores"][k], b["step_scores"][k]
+                wins += 1.0 if x > y else 0.5 if x == y else 0.0
+                pairs += 1
+    return {"auc": wins / pairs if pairs else float("nan"), "pairs": int(pairs)}
+
+
 def _fmt_ci(x: dict[str, float]) -> str:
     return f"{x['accuracy']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
 
@@ -213,21 +243,30 @@ def write_sweep_report(root: Path, cfg: Any, selection: dict[str, Any], results:
             pb = json.loads((path / "report.json").read_text()).get("processbench")
             if pb:
                 first_error[name] = {**pb["chosen"], "threshold_chosen_on": pb["threshold_chosen_on"]}
+        divergence = {name: divergence_auc(d / "candidates" / "test" / "candidates.jsonl",
+                                           path / "candidates_scored.jsonl") for name, path in dirs.items()}
         pass1 = curves["random"][0]["accuracy"]
         report["seeds"][str(seed)] = {
             "task_manifest": manifest, "policy": policy, "labeling": label_summary, "label_quality": quality,
             "best_of_n": curves, "paired_differences": diffs, "acceptance": {"label_set": best, "n": e.select_n,
                                                                           "vs": acceptance},
-            "first_error": first_error, "test_pass_at_1": pass1,
+            "first_error": first_error, "divergence_step_auc": divergence, "test_pass_at_1": pass1,
             "data_sha256": {k: manifest.get("sha256", {}).get(k) for k in ("train", "val", "test")},
             "records_sha256_16": file_digest(records),
         }
 
         md += [f"## Seed {seed}", ""]
+        backbone_file = d / "backbone" / "policy_summary.json"
+        if backbone_file.exists():
+            backbone = json.loads(backbone_file.read_text())
+            report["seeds"][str(seed)]["backbone"] = backbone
         md += [f"- Task: {manifest.get('counts')} problems, files' sha256 in `report.json`.",
                f"- Policy: {policy.get('params', '?')} parameters, trained {policy.get('steps', '?')} steps in "
                f"{policy.get('train_time_s', 0):.0f}s; pass@1 on validation "
                f"{_first_number(policy, ('pass_at_1', 'pass@1'))}; on the test candidates {pass1:.3f}.",
+               *([f"- PRM backbone (not the policy): {backbone.get('params', '?')} parameters, trained "
+                  f"{backbone.get('steps', '?')} steps on the policy's problems; its own pass@1 on validation "
+                  f"{_first_number(backbone, ('pass_at_1', 'pass@1'))}."] if backbone_file.exists() else []),
                f"- Labels: {quality['solutions']} policy solutions of train problems "
                f"({quality['exactly_correct_solutions']} exactly right), {quality['steps']} steps "
                f"({quality['good_steps']} good by the exact checker).", ""]
@@ -253,11 +292,15 @@ def write_sweep_report(root: Path, cfg: Any, selection: dict[str, Any], results:
         for base, d_ in acceptance.items():
             md.append(f"- {best} − {base}: {d_['diff']:+.3f} [{d_['low']:+.3f}, {d_['high']:+.3f}]"
                       f"{' (excludes 0)' if d_['excludes_zero'] else ' (includes 0)'}")
-        md += ["", "First-error F1 (ProcessBench-style, exact first wrong step; threshold chosen on validation):", "",
-               "| PRM | F1 | acc. on erroneous | acc. on correct | threshold |", "|---|---|---|---|---|"]
-        for name, fe in first_error.items():
+        md += ["", "First-error F1 (ProcessBench-style, exact first wrong step; threshold chosen on validation), "
+               "and the divergence-step AUC (within a problem: P(the PRM scores a correct candidate's step above a "
+               "wrong candidate's, at the first step where their texts differ); 0.5 = no step checking):", "",
+               "| PRM | F1 | acc. on erroneous | acc. on correct | threshold | divergence-step AUC (pairs) |",
+               "|---|---|---|---|---|---|"]
+        for name in dirs:
+            fe, dv = first_error.get(name, {}), divergence[name]
             md.append(f"| {name} | {_f(fe.get('f1'))} | {_f(fe.get('erroneous_accuracy'))} | "
-                      f"{_f(fe.get('correct_accuracy'))} | {fe.get('threshold')} |")
+                      f"{_f(fe.get('correct_accuracy'))} | {fe.get('threshold', '–')} | {_f(dv['auc'])} ({dv['pairs']}) |")
         md.append("")
         a = acceptance["majority"]
         summary_lines.append(f"seed {seed}: pass@1 {pass1:.3f}; Best-of-{e.select_n}: {best} "
