@@ -344,13 +344,13 @@ def convert_hf_to_prm(
                                                  or M.MODEL_TYPES[hf_cfg.model_type] == "qwen2")
         tied = cfg.share_embeddings_and_output_weights
         # when tied, lm_head.weight (if stored at all) is the embedding again
-        source = SafetensorsState(hf_dir, params_dtype, skip=("lm_head.weight",) if tied else ())
-        unused = M.uncovered_keys(list(source), mapping, transforms)
+        tensors = SafetensorsState(hf_dir, params_dtype, skip=("lm_head.weight",) if tied else ())
+        unused = M.uncovered_keys(list(tensors), mapping, transforms)
         if unused:
             raise ConfigError(f"{hf_dir}: unexpected tensor(s) with no place in the PRM: {unused[:8]}")
-        print(f"[3/4] mapping {len(source)} tensors from {hf_dir} (read one at a time)", flush=True)
+        print(f"[3/4] mapping {len(tensors)} tensors from {hf_dir} (read one at a time)", flush=True)
         try:
-            apply_transforms(_ModelState(source), target, mapping=mapping, transforms=transforms)
+            apply_transforms(_ModelState(tensors), target, mapping=mapping, transforms=transforms)
         except ValueError as e:  # NeMo's shape check names the parameter
             raise ConfigError(f"{hf_dir}: {e}") from None
         missing = [n for n, p in module.named_parameters() if p.is_meta and not n.startswith("step_head.")]

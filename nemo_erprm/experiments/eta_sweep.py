@@ -275,7 +275,8 @@ class SeedRun:
                        produced=lambda: (backbone / "policy_summary.json").exists())
             backbone_digest = file_digest(backbone / "model.safetensors")
         self.init = self.path("prm_init")
-        self.stage("convert", settings={"policy": policy_digest, **({"backbone": backbone_digest} if cfg.backbone.args else {})},
+        convert_settings = {"policy": policy_digest} | ({"backbone": backbone_digest} if cfg.backbone.args else {})
+        self.stage("convert", settings=convert_settings,
                    cmd=[self.py, "tools/convert_hf_checkpoint.py", "--hf-dir", backbone, "--out", self.init,
                         "--head", "lm_tokens"],
                    output=self.init, estimate_s=30, produced=lambda: (self.init / "prm_config.json").exists())

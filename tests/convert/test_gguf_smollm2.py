@@ -31,6 +31,7 @@ def test_smollm2_gguf_converts_with_matching_logits(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((ckpt / "prm_config.json").read_text())
     assert meta["architecture"] == "LlamaForCausalLM" and meta["step_tag"] == TAG
+    assert meta["source"] == "smollm2"
 
     where, gguf = resolve_model_path("smollm2")
     tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf)

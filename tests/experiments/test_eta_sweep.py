@@ -65,6 +65,10 @@ def test_report_agrees_with_every_stage(sweep):
         assert seed["best_of_n"][name][-1]["accuracy"] == pytest.approx(expected, abs=1e-9)
         assert seed["first_error"][name]["threshold_chosen_on"] == "threshold split"
 
+    # within-problem step discrimination is reported for every PRM, the untrained one included
+    assert set(seed["divergence_step_auc"]) == {"untrained", "eta0", "eta2", "etainf"}
+    assert all(0.0 <= v["auc"] <= 1.0 for v in seed["divergence_step_auc"].values() if v["pairs"])
+
     # label quality: η=inf labels against the exact checker, recomputed here
     problems = {p["id"]: p for p in read_jsonl(d / "task" / "prm_train.jsonl")}
     policy_ids = {p["id"] for p in read_jsonl(d / "task" / "policy_train.jsonl")}

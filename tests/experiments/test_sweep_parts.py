@@ -5,6 +5,7 @@ files, and the config checks."""
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,49 @@ def test_backbone_defaults_to_the_policy(tmp_path):
     assert cfg.backbone.args == {}
     cfg = eta_sweep.load_sweep_config("conf/experiments/arith_ci.yaml", ["backbone.args={steps: 20}"])
     assert cfg.backbone.args == {"steps": 20}
+
+
+class _RecordingStages:
+    """Stands in for `Stages`: records each stage's command and writes the files the next
+    stages read, so `SeedRun.prepare` can be followed without models."""
+
+    def __init__(self):
+        self.cmds: dict[str, list[str]] = {}
+
+    def run(self, name, settings, cmd, output, estimate_s, produced, env=None):
+        self.cmds[name.split(".", 1)[1]] = [str(c) for c in cmd]
+        out = Path(output)
+        if name.endswith(".task"):
+            rows = [{"id": f"t{i}", "question": f"q{i}", "answer": "1 + 1 = 2\n#### 2"} for i in range(6)]
+            write_jsonl_atomic(out / "train.jsonl", rows)
+            for split in ("val", "test"):
+                write_jsonl_atomic(out / f"{split}.jsonl", [])
+        elif name.split(".", 1)[1].startswith("candidates_"):
+            write_jsonl_atomic(out / "candidates.jsonl", [])
+        elif name.endswith((".policy", ".backbone")):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "model.safetensors").write_bytes(name.encode())
+        elif name.endswith(".label"):
+            write_jsonl_atomic(out / "records.shard-00000-of-00001.jsonl", [])
+        return True
+
+
+@pytest.mark.parametrize("backbone", [{}, {"steps": 20}])
+def test_the_prm_starts_from_the_backbone_when_one_is_set(tmp_path, backbone):
+    cfg = eta_sweep.load_sweep_config("conf/experiments/arith_ci.yaml", ["outcome_rm=false"])
+    cfg.backbone.args = backbone
+    stages = _RecordingStages()
+    run = eta_sweep.SeedRun(cfg, 1, tmp_path, stages)
+    run.prepare()
+    convert = stages.cmds["convert"]
+    hf_dir = Path(convert[convert.index("--hf-dir") + 1])
+    if backbone:
+        assert hf_dir == tmp_path / "seed1" / "backbone"
+        cmd = stages.cmds["backbone"]
+        assert cmd[cmd.index("--out") + 1] == str(hf_dir) and cmd[cmd.index("--steps") + 1] == "20"
+        # the backbone trains on the policy's problems, never on the PRM's labeled ones
+        assert cmd[cmd.index("--train") + 1] == stages.cmds["policy"][stages.cmds["policy"].index("--train") + 1]
+    else:
+        assert hf_dir == tmp_path / "seed1" / "policy" and "backbone" not in stages.cmds
+    # rollouts and candidates always come from the policy
+    assert any(c == f"backend.model={tmp_path / 'seed1' / 'policy'}" for c in stages.cmds["label"])
