@@ -73,8 +73,9 @@ class BackboneSettings:
     """The PRM's backbone. Empty ``args``: the policy itself (the paper's setting, a PRM that
     starts from the model family it judges). Set: a second ``arith_policy`` run on the same
     problems with these flags (e.g. ``{steps: 6000}``), for a backbone that knows the skill
-    the policy's samples get wrong; a tiny policy's errors are gaps in what it knows, which
-    a PRM initialised from it cannot see (docs/experiments/arith_cpu_seed1/FINDINGS.md)."""
+    the policy's samples get wrong better than the policy does (on seed 1, the likelihood of
+    a 6000-step model separates the policy's right and wrong steps with AUC 0.98, the policy's
+    own 0.78: docs/experiments/arith_cpu/FINDINGS.md)."""
 
     args: dict[str, Any] = field(default_factory=dict)
 
