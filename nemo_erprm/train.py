@@ -184,18 +184,10 @@ def num_nodes(cfg: TrainConfig) -> int:
 
 
 def effective_pad_to(cfg: TrainConfig) -> str:
-    """``data.pad_to`` as this run uses it. Pipeline parallelism pads to ``seq_length``: megatron's
-    schedules size every activation a stage receives from the one ``seq_length`` of the step
-    (megatron-core 0.15.3 ``pipeline_parallel/schedules.py`` ``get_tensor_shapes``, and
-    ``tensor_shape = [seq_length, micro_batch_size, hidden]`` for the interleaved schedule), and
-    NeMo passes the data sampler's fixed ``seq_len`` there for a micro-batch sampler
-    (``nemo/lightning/megatron_parallel.py`` ``MegatronStep.__call__`` /
-    ``get_data_iterator_and_seq_length``). Per-micro-batch widths would need
-    ``variable_seq_lengths=True``, an extra shape exchange before every send and receive
-    (``p2p_communication.py`` ``_communicate_shapes``)."""
-    if cfg.model.pipeline_model_parallel_size > 1:
-        return "max_length"
-    return cfg.data.pad_to
+    """``data.pad_to`` as this run uses it (:func:`nemo_erprm.data.collate.effective_pad_to`)."""
+    from nemo_erprm.data.collate import effective_pad_to as for_stages
+
+    return for_stages(cfg.data.pad_to, cfg.model.pipeline_model_parallel_size)
 
 
 def effective_settings(cfg: TrainConfig, prm_config: Any, ddp: Any, on_gpu: bool, nodes: int,

@@ -33,6 +33,19 @@ PAD_TO = ("longest", "max_length")
 BASE_PAD_MULTIPLE = 16
 
 
+def effective_pad_to(pad_to: str, pipeline_stages: int) -> str:
+    """``pad_to`` as a run with ``pipeline_stages`` stages can use it. Pipeline parallelism pads to
+    ``seq_length``: megatron's schedules size every activation a stage receives from the one
+    ``seq_length`` of the step (megatron-core 0.15.3 ``pipeline_parallel/schedules.py``
+    ``get_tensor_shapes``, and ``tensor_shape = [seq_length, micro_batch_size, hidden]`` for the
+    interleaved schedule), and NeMo passes the data sampler's fixed ``seq_len`` there for a
+    micro-batch sampler (``nemo/lightning/megatron_parallel.py`` ``MegatronStep.__call__`` /
+    ``get_data_iterator_and_seq_length``). Per-micro-batch widths would need
+    ``variable_seq_lengths=True``, an extra shape exchange before every send and receive
+    (``p2p_communication.py`` ``_communicate_shapes``)."""
+    return "max_length" if pipeline_stages > 1 else pad_to
+
+
 def pad_multiple(tensor_parallel: int = 1, sequence_parallel: bool = False, context_parallel: int = 1) -> int:
     """What the width of a micro-batch must be a multiple of: 16 (FP8), TP with sequence
     parallelism (the sequence is split over the TP ranks), 2*CP with context parallelism

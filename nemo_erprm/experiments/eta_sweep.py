@@ -219,6 +219,17 @@ class SeedRun:
     def stage(self, name: str, **kw: Any) -> bool:
         return self.stages.run(f"seed{self.seed}.{name}", **kw)
 
+    def arith_model(self, name: str, args: dict[str, Any], problems: Path, estimate_s: float) -> tuple[Path, str]:
+        """Stage ``name``: ``arith_policy`` with ``args`` on ``problems`` into ``<seed dir>/<name>``
+        (the policy, or the PRM's backbone); returns the folder and its weights' digest."""
+        out = self.path(name)
+        flags = [x for k, v in sorted(args.items()) for x in (f"--{k.replace('_', '-')}", v)]
+        self.stage(name, settings={"task": file_digest(problems), "seed": self.seed, "args": args},
+                   cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", problems,
+                        "--val", self.path("task", "val.jsonl"), "--out", out, "--seed", self.seed, *flags],
+                   output=out, estimate_s=estimate_s, produced=lambda: (out / "policy_summary.json").exists())
+        return out, file_digest(out / "model.safetensors")
+
     # 1-6: data, policy, labels, checkpoint, candidates
     def prepare(self) -> None:
         cfg, t = self.cfg, self.cfg.task
@@ -234,14 +245,7 @@ class SeedRun:
         write_jsonl_atomic(prm_problems, [r for _, r in train[: t.label_problems]])
         write_jsonl_atomic(policy_problems, [r for _, r in train[t.label_problems:]])
         self.prm_problems = prm_problems
-        policy = self.path("policy")
-        pargs = [x for k, v in sorted(cfg.policy.args.items()) for x in (f"--{k.replace('_', '-')}", v)]
-        self.stage("policy", settings={"task": file_digest(policy_problems), "seed": self.seed,
-                                       "args": cfg.policy.args},
-                   cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", policy_problems,
-                        "--val", task / "val.jsonl", "--out", policy, "--seed", self.seed, *pargs],
-                   output=policy, estimate_s=300, produced=lambda: (policy / "policy_summary.json").exists())
-        policy_digest = file_digest(policy / "model.safetensors")
+        policy, policy_digest = self.arith_model("policy", cfg.policy.args, policy_problems, estimate_s=300)
 
         labels = self.path("labels")
         overrides = [f"input.path={prm_problems}", f"backend.model={policy}", f"output.dir={labels}",
@@ -266,15 +270,7 @@ class SeedRun:
 
         backbone, backbone_digest = policy, policy_digest
         if cfg.backbone.args:
-            backbone = self.path("backbone")
-            bargs = [x for k, v in sorted(cfg.backbone.args.items()) for x in (f"--{k.replace('_', '-')}", v)]
-            self.stage("backbone", settings={"task": file_digest(policy_problems), "seed": self.seed,
-                                             "args": cfg.backbone.args},
-                       cmd=[self.py, "-m", "nemo_erprm.experiments.arith_policy", "--train", policy_problems,
-                            "--val", task / "val.jsonl", "--out", backbone, "--seed", self.seed, *bargs],
-                       output=backbone, estimate_s=600,
-                       produced=lambda: (backbone / "policy_summary.json").exists())
-            backbone_digest = file_digest(backbone / "model.safetensors")
+            backbone, backbone_digest = self.arith_model("backbone", cfg.backbone.args, policy_problems, estimate_s=600)
         self.init = self.path("prm_init")
         convert_settings = {"policy": policy_digest} | ({"backbone": backbone_digest} if cfg.backbone.args else {})
         self.stage("convert", settings=convert_settings,

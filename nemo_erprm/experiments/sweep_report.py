@@ -99,27 +99,29 @@ def label_quality(records: Path, problems_file: Path, label_keys: Sequence[str])
 
 # ---- the report ------------------------------------------------------------------------------
 
-def divergence_auc(candidates: Path, scored: Path) -> dict[str, Any]:
+def candidate_steps(candidates: Path) -> dict[str, list[list[str]]]:
+    """Problem id → each candidate's steps, segmented as Best-of-N segments them."""
+    from nemo_erprm.labeling.segmentation import SegmentationConfig, split_steps
+
+    seg = SegmentationConfig()
+    return {rec["id"]: [[x.strip() for x in split_steps(text, seg)] for text in rec["candidates"]]
+            for _, rec in iter_jsonl(candidates)}
+
+
+def divergence_auc(steps: dict[str, list[list[str]]], scored: Path) -> dict[str, Any]:
     """Within-problem step discrimination, the skill Best-of-N needs: for every pair (correct,
     wrong) of candidates of one problem, the step where their texts first differ is scored by
     the PRM in both; the AUC is P(score of the correct one's step > the wrong one's), ties ½.
     A PRM that only learned how hard a problem is scores 0.5 here, however well its scores
-    separate problems."""
-    from nemo_erprm.labeling.segmentation import SegmentationConfig, split_steps
-
-    texts = {rec["id"]: rec["candidates"] for _, rec in iter_jsonl(candidates)}
+    separate problems. ``steps``: :func:`candidate_steps` of the candidates ``scored`` scored."""
     wins = pairs = 0.0
     for _, rec in iter_jsonl(scored):
-        steps = {}
-        for c in rec["candidates"]:
-            source = c["source"]
-            if source not in steps:
-                steps[source] = [x.strip() for x in split_steps(texts[rec["id"]][int(source)], SegmentationConfig())]
+        texts = steps[rec["id"]]
         right = [c for c in rec["candidates"] if c["correct"]]
         wrong = [c for c in rec["candidates"] if not c["correct"]]
         for a in right:
             for b in wrong:
-                sa, sb = steps[a["source"]], steps[b["source"]]
+                sa, sb = texts[int(a["source"])], texts[int(b["source"])]
                 k = next((i for i, (x, y) in enumerate(zip(sa, sb)) if x != y), None)
                 if k is None or k >= min(len(a["step_scores"]), len(b["step_scores"])):
                     continue
@@ -243,8 +245,8 @@ def write_sweep_report(root: Path, cfg: Any, selection: dict[str, Any], results:
             pb = json.loads((path / "report.json").read_text()).get("processbench")
             if pb:
                 first_error[name] = {**pb["chosen"], "threshold_chosen_on": pb["threshold_chosen_on"]}
-        divergence = {name: divergence_auc(d / "candidates" / "test" / "candidates.jsonl",
-                                           path / "candidates_scored.jsonl") for name, path in dirs.items()}
+        test_steps = candidate_steps(d / "candidates" / "test" / "candidates.jsonl")
+        divergence = {name: divergence_auc(test_steps, path / "candidates_scored.jsonl") for name, path in dirs.items()}
         pass1 = curves["random"][0]["accuracy"]
         report["seeds"][str(seed)] = {
             "task_manifest": manifest, "policy": policy, "labeling": label_summary, "label_quality": quality,

@@ -22,7 +22,7 @@ from nemo.lightning import io
 from nemo.lightning.pytorch.plugins import MegatronDataSampler
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_erprm.data.collate import BASE_PAD_MULTIPLE, PAD_TO, collate_rows, pack_rows
+from nemo_erprm.data.collate import BASE_PAD_MULTIPLE, PAD_TO, collate_rows, effective_pad_to, pack_rows
 from nemo_erprm.data.examples import held_out, load_examples
 from nemo_erprm.data.tokenize import add_step_tag_token, tokenize_dataset
 from nemo_erprm.errors import ConfigError
@@ -219,13 +219,10 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         if getattr(self, "trainer", None) is not None:
             self.init_global_step = self.trainer.global_step
             self.data_sampler.init_global_step = self.init_global_step
-        pad_to = self.pad_to
-        if pad_to == "longest" and _pipeline_stages() > 1:
-            # Pipeline stages exchange activations of one fixed length, seq_length (see
-            # nemo_erprm.train.effective_pad_to, which also reports this in the run summary).
-            logger.warning("ER-PRM data: pad_to='longest' requested, padding to seq_length=%d: "
-                           "pipeline stages exchange activations of one fixed length", self.seq_length)
-            pad_to = "max_length"
+        pad_to = effective_pad_to(self.pad_to, _pipeline_stages())
+        if pad_to != self.pad_to:
+            logger.warning("ER-PRM data: pad_to=%r requested, padding to seq_length=%d: "
+                           "pipeline stages exchange activations of one fixed length", self.pad_to, self.seq_length)
         return WrappedDataLoader(
             mode=mode,
             dataset=ds,

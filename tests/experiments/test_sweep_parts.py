@@ -110,7 +110,7 @@ def test_cli_bad_config_is_one_line(tmp_path, capsys):
 def test_divergence_auc_compares_the_first_differing_step(tmp_path):
     """Two right and one wrong candidate of one problem; the right ones first differ from the
     wrong one at step 2 (index 1), where the PRM's scores decide: one win, one tie."""
-    from nemo_erprm.experiments.sweep_report import divergence_auc
+    from nemo_erprm.experiments.sweep_report import candidate_steps, divergence_auc
 
     texts = ["2 + 3 = 5\n5 * 2 = 10\n#### 10", "2 + 3 = 5\n5 * 2 = 10\n#### 10", "2 + 3 = 5\n5 * 2 = 12\n#### 12"]
     write_jsonl_atomic(tmp_path / "c.jsonl", [{"id": "p", "question": "q", "gold": "10", "candidates": texts}])
@@ -121,10 +121,11 @@ def test_divergence_auc_compares_the_first_differing_step(tmp_path):
     rows = [{"id": "p", "gold": "10", "candidates": [cand(0, True, [0.1, 0.9]), cand(1, True, [0.9, 0.4]),
                                                         cand(2, False, [0.2, 0.4])]}]
     write_jsonl_atomic(tmp_path / "s.jsonl", rows)
-    assert divergence_auc(tmp_path / "c.jsonl", tmp_path / "s.jsonl") == {"auc": 0.75, "pairs": 2}
+    steps = candidate_steps(tmp_path / "c.jsonl")
+    assert divergence_auc(steps, tmp_path / "s.jsonl") == {"auc": 0.75, "pairs": 2}
     rows[0]["candidates"][2]["step_scores"] = [0.2, 0.95]  # the wrong step now outscores both
     write_jsonl_atomic(tmp_path / "s.jsonl", rows)
-    assert divergence_auc(tmp_path / "c.jsonl", tmp_path / "s.jsonl")["auc"] == 0.0
+    assert divergence_auc(steps, tmp_path / "s.jsonl")["auc"] == 0.0
 
 
 def test_backbone_defaults_to_the_policy(tmp_path):
