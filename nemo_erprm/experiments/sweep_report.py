@@ -12,7 +12,7 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -114,8 +114,14 @@ def divergence_auc(steps: dict[str, list[list[str]]], scored: Path) -> dict[str,
     the PRM in both; the AUC is P(score of the correct one's step > the wrong one's), ties ½.
     A PRM that only learned how hard a problem is scores 0.5 here, however well its scores
     separate problems. ``steps``: :func:`candidate_steps` of the candidates ``scored`` scored."""
+    return divergence_auc_records(steps, (rec for _, rec in iter_jsonl(scored)))
+
+
+def divergence_auc_records(steps: dict[str, list[list[str]]], records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`divergence_auc` of scored records (``id``; ``candidates`` with ``source``,
+    ``correct`` and ``step_scores``) already in memory."""
     wins = pairs = 0.0
-    for _, rec in iter_jsonl(scored):
+    for rec in records:
         texts = steps[rec["id"]]
         right = [c for c in rec["candidates"] if c["correct"]]
         wrong = [c for c in rec["candidates"] if not c["correct"]]
