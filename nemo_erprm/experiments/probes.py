@@ -111,12 +111,15 @@ class PolicyLikelihood:
 
         prompt = format_prompt(self.tokenizer, question, self.prompt_cfg)
         ids = list(encode_prompt(self.tokenizer, prompt + "\n".join(steps), self.chat))
-        bounds = [len(encode_prompt(self.tokenizer, prompt, self.chat))]
-        for k in range(1, len(steps) + 1):
-            prefix = prompt + "\n".join(steps[:k]) + ("\n" if k < len(steps) else "")
-            bounds.append(len(encode_prompt(self.tokenizer, prefix, self.chat)))
-        if bounds[-1] != len(ids) or any(b < a for a, b in zip(bounds, bounds[1:])):
-            raise ValueError(f"step boundaries of {question[:40]!r}... do not fall on token boundaries")
+        bounds = []
+        for k in range(len(steps) + 1):  # each prefix must encode as a prefix of the whole
+            prefix = prompt + "\n".join(steps[:k]) + ("\n" if 0 < k < len(steps) else "")
+            prefix_ids = list(encode_prompt(self.tokenizer, prefix, self.chat))
+            if ids[: len(prefix_ids)] != prefix_ids:
+                raise ValueError(f"step {k} of {question[:40]!r}... does not end on a token boundary")
+            bounds.append(len(prefix_ids))
+        if bounds[-1] != len(ids):
+            raise ValueError(f"the steps of {question[:40]!r}... do not cover the solution's tokens")
         with torch.no_grad():
             logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
         return [[(self.tokenizer.decode([ids[j]]), logp[j - 1, ids[j]].item()) for j in range(a, b)]
@@ -128,7 +131,7 @@ class PolicyLikelihood:
 
 
 def likelihood_probe(policy_dir: Path, candidates: Path, threads: int = 2) -> dict[str, Any]:
-    """Divergence-step AUC and within-problem pick accuracy of the policy's own step likelihood."""
+    """Divergence-step AUC of the policy's own step likelihood on a candidates file."""
     from nemo_erprm.eval.candidates import load_candidates
     from nemo_erprm.experiments.sweep_report import candidate_steps, divergence_auc_records
 
