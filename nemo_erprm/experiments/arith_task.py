@@ -69,7 +69,7 @@ _PHRASES: dict[str, list[str]] = {
 }
 _QUESTIONS = ["How many {obj} does {name} have now?", "How many {obj} does {name} have in the end?"]
 
-_EQUATION = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*$")
+EQUATION = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*$")  # one step line: a op b = c
 
 
 def _allowed_ops(value: int) -> list[tuple[str, int, float]]:
@@ -235,7 +235,7 @@ def first_wrong_step(problem: dict[str, Any], steps: Sequence[str]) -> int:
                 ok = not answered and done_equations == len(ops) and grade(line, gold)
                 answered = True
             else:
-                match = _EQUATION.match(line)
+                match = EQUATION.match(line)
                 ok = bool(match) and not answered and done_equations < len(ops)
                 if ok:
                     a, op, b, c = match.groups()  # type: ignore[union-attr]

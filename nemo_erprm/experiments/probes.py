@@ -25,30 +25,30 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from nemo_erprm.errors import ConfigError
+from nemo_erprm.experiments.arith_task import EQUATION
 
 OFFSETS = (-10, -2, -1, 1, 2, 10)
-_RESULT = re.compile(r"^(.*?=\s*)(\d+)\s*$")
 
 Item = tuple[str, list[str]]
 
 
 def corrupt_result(step: str, rng: random.Random) -> Optional[str]:
     """``step`` with the result of its equation moved by a nonzero offset from
-    :data:`OFFSETS` (kept non-negative), or None when the step is not ``... = <integer>``."""
-    match = _RESULT.match(step.strip())
+    :data:`OFFSETS` (kept non-negative), or None when the step is not one equation line
+    (the task's own grammar, :data:`~nemo_erprm.experiments.arith_task.EQUATION`)."""
+    match = EQUATION.match(step)
     if not match:
         return None
-    value = int(match.group(2))
+    value = int(match.group(4))
     offset = rng.choice(OFFSETS)
     if value + offset < 0:
         offset = -offset
-    return f"{match.group(1)}{value + offset}"
+    return f"{step[:match.start(4)]}{value + offset}{step[match.end(4):]}"
 
 
 def corruption_pairs(candidates: Path, seed: int = 0) -> list[tuple[Item, Item]]:
@@ -63,7 +63,7 @@ def corruption_pairs(candidates: Path, seed: int = 0) -> list[tuple[Item, Item]]
     for problem in problems:
         for cand in problem.candidates:
             steps = [s.strip() for s in cand.steps]
-            equations = [k for k, s in enumerate(steps) if _RESULT.match(s)]
+            equations = [k for k, s in enumerate(steps) if EQUATION.match(s)]
             if not cand.correct or not equations:
                 continue
             k = rng.choice(equations)
