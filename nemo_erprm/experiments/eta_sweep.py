@@ -141,6 +141,15 @@ class SweepConfig:
                               f"{self.task.label_problems} by at least 2 (the rest train the policy)")
         return self
 
+    def label_sets(self) -> dict[str, float]:
+        """Label-set name → the η the trainer selects (the ORM's records carry its labels under every η)."""
+        from nemo_erprm.labeling.er_label import eta_key
+
+        sets = {f"eta{eta_key(e)}": e for e in self.etas}
+        if self.outcome_rm:
+            sets["orm"] = 0.0
+        return sets
+
 
 def load_sweep_config(path: str, overrides: list[str]) -> SweepConfig:
     from nemo_erprm.yaml_config import load_structured
@@ -157,16 +166,6 @@ def executor_of(path: str, overrides: list[str]) -> str:
         return str(OmegaConf.load(path).get("executor", "local"))
     except Exception:  # unreadable: load_sweep_config reports it with the file's name
         return "local"
-
-
-def label_sets(cfg: SweepConfig) -> dict[str, float]:
-    """Label-set name → the η the trainer selects (the ORM's records carry its labels under every η)."""
-    from nemo_erprm.labeling.er_label import eta_key
-
-    sets = {f"eta{eta_key(e)}": e for e in cfg.etas}
-    if cfg.outcome_rm:
-        sets["orm"] = 0.0
-    return sets
 
 
 def _eta_arg(eta: float) -> str:
@@ -256,7 +255,7 @@ class SeedRun:
                    cmd=[self.py, "tools/label_rollouts.py", "--config", cfg.label_config, *overrides],
                    output=labels, estimate_s=600,
                    produced=lambda: (labels / "summary.shard-00000-of-00001.json").exists())
-        self.records = {name: labels / "records.shard-00000-of-00001.jsonl" for name in label_sets(cfg)}
+        self.records = {name: labels / "records.shard-00000-of-00001.jsonl" for name in cfg.label_sets()}
         if cfg.outcome_rm:
             orm_in = self.path("orm_input.jsonl")
             orm_offline_input(labels / "records.shard-00000-of-00001.jsonl", orm_in)
@@ -376,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_sweep(cfg: SweepConfig, root: Path, stages: Stages) -> int:
     started = time.time()
-    sets = label_sets(cfg)
+    sets = cfg.label_sets()
     chosen: GridPoint | None = None
     selection: dict[str, Any] = {}
     results: dict[str, Any] = {"seeds": {}}

@@ -184,12 +184,11 @@ def _plot_labels(path: Path, quality: dict[str, Any]) -> None:
 
 def write_sweep_report(root: Path, cfg: Any, selection: dict[str, Any], results: dict[str, Any], stages: Any,
                        total_s: float) -> str:
-    from nemo_erprm.experiments.eta_sweep import label_sets
     from nemo_erprm.experiments.stages import file_digest
 
     e = cfg.eval
     agg = e.aggregation
-    sets = list(label_sets(cfg))
+    sets = list(cfg.label_sets())
     eta_names = [s for s in sets if s.startswith("eta")]
     soft, hard = "eta0", "etainf"
     er_sets = [s for s in eta_names if s not in (soft, hard)]

@@ -60,7 +60,9 @@ def current_lr(trainer: Any) -> Optional[float]:
 
 def current_grad_norm(trainer: Any) -> Optional[float]:
     """The global gradient norm of this step before clipping, as megatron's optimizer returned
-    it (NeMo's strategy logs it as ``grad_norm``); None when clipping is off (optim.clip_grad=0)."""
+    it (NeMo's strategy logs it as ``grad_norm``). megatron 0.15's ``ChainedOptimizer.step``
+    computes it at every step, clipping on or off; a step it skips (an fp16 loss-scale
+    overflow; bf16 and fp32 never skip) returns none, so the previous step's value stands."""
     value = trainer.callback_metrics.get("grad_norm")
     return None if value is None else float(value)
 

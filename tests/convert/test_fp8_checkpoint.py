@@ -2,7 +2,7 @@
 on CPU; and a run's settings reach its checkpoints' io context.
 
 The GPU-trained checkpoint is made the way training makes one: NeMo's precision plugin writes
-FP8 into the config (``update_config_with_dtype_overrides``), ``train.build_prm_config``'s
+FP8 into the config (``update_config_with_dtype_overrides``), ``training.model_setup.build_prm_config``'s
 field setter writes the TE spec and layout, and NeMo's ``TrainerContext`` dumps the context.
 The weights are those of a converted tiny Llama, so scores must equal the original's exactly.
 """
@@ -92,7 +92,7 @@ def test_run_settings_reach_the_checkpoint_context(checkpoints, monkeypatch):
     """build_prm_config (model.init_from) writes this run's settings into the io context that
     every checkpoint of the run saves; a plain setattr left the init checkpoint's there."""
     import nemo_erprm.model.build as build
-    from nemo_erprm.train import build_prm_config
+    from nemo_erprm.training.model_setup import build_prm_config
     from nemo_erprm.training.config import load_train_config
 
     monkeypatch.setattr(build, "have_transformer_engine", lambda: True)

@@ -81,7 +81,7 @@ def test_longest_and_max_length_give_the_same_step_losses(megatron_cpu, head):
 
 
 def test_pipeline_parallel_pads_to_max_length_and_bad_values_are_refused():
-    from nemo_erprm.train import effective_pad_to
+    from nemo_erprm.training.effective import effective_pad_to
     from nemo_erprm.training.config import TrainConfig, load_train_config
 
     cfg = TrainConfig()

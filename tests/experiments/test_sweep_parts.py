@@ -92,7 +92,7 @@ def test_first_error_file_uses_the_exact_checker(tmp_path):
 
 def test_label_set_names_and_config_errors(tmp_path):
     cfg = eta_sweep.load_sweep_config("conf/experiments/arith_cpu.yaml", [])
-    assert list(eta_sweep.label_sets(cfg)) == ["eta0", "eta0.5", "eta1", "eta2", "eta5", "eta10", "etainf", "orm"]
+    assert list(cfg.label_sets()) == ["eta0", "eta0.5", "eta1", "eta2", "eta5", "eta10", "etainf", "orm"]
     assert cfg.task.train > cfg.task.val > 0 and len(cfg.seeds) == 2
     for bad, key in ((["grid=[]"], "grid"), (["eval.select_n=99"], "eval.select_n"),
                      (["seeds=[1,1]"], "seeds"), (["eval.aggregation=max"], "eval.aggregation")):

@@ -49,7 +49,7 @@ def test_bad_values_name_the_key(existing, tmp_path):
 
 
 def test_export_subprocess_gets_no_launcher_ranks():
-    from nemo_erprm.train import single_process_env
+    from nemo_erprm.training.launch import single_process_env
 
     launched = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "29500", "SLURM_PROCID": "1",
                 "TORCHELASTIC_RUN_ID": "x", "PATH": "/bin", "SLURM_JOB_ID": "7"}
@@ -57,7 +57,7 @@ def test_export_subprocess_gets_no_launcher_ranks():
 
 
 def test_num_nodes_follows_slurm(monkeypatch, existing):
-    from nemo_erprm.train import num_nodes
+    from nemo_erprm.training.launch import num_nodes
 
     cfg = load_train_config(str(REPO / "conf" / "erprm_mistral_7b.yaml"), existing)
     monkeypatch.setenv("SLURM_JOB_ID", "7")
@@ -68,3 +68,21 @@ def test_num_nodes_follows_slurm(monkeypatch, existing):
         num_nodes(cfg)
     monkeypatch.delenv("SLURM_JOB_ID")
     assert num_nodes(cfg) == 4
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_rope_fusion_off_gives_its_real_reason(existing, packing):
+    """A family with fused RoPE on by default, run with the local spec: the effective settings
+    say why it is off. Packed rows are a reason of their own (per-row positions), not TE."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    from nemo_erprm.model.build import have_transformer_engine
+    from nemo_erprm.nemo.config import ERPRMLlamaConfig
+    from nemo_erprm.training.effective import effective_settings
+
+    cfg = load_train_config(str(REPO / "conf" / "erprm_mistral_7b.yaml"), existing + [f"data.packing={packing}"])
+    prm = ERPRMLlamaConfig(num_layers=2, hidden_size=64, num_attention_heads=4, apply_rope_fusion=False)
+    ddp = DistributedDataParallelConfig()
+    why = effective_settings(cfg, prm, ddp, False, 1, 1)["changed"]["apply_rope_fusion"]
+    assert ("data.packing=true" in why) is packing, why
+    assert ("needs Transformer Engine" in why) is not have_transformer_engine(), why
