@@ -139,7 +139,14 @@ def test_data_step_keeps_thd_boundaries_on_the_compute_device(megatron_cpu, monk
 
 def test_thd_forward_step_flattens_the_micro_batch_in_step_order(megatron_cpu):
     """micro_batch_size 2 under THD: one row [1, 2s], boundaries offset per row, no mask, and
-    the step tags in the order of step_targets[step_mask] (what the loss pairs them with)."""
+    the step tags in the order of step_targets[step_mask] (what the loss pairs them with).
+
+    ``fake_model`` is a recording function standing in for the PRM's ``GPTModel`` under the
+    Transformer Engine spec: THD attention is TE's fused attention, which needs TE and a GPU,
+    and TE cannot be installed on a CPU host (its import breaks ``import megatron.core``;
+    ../shared/docs/ENVIRONMENT.md). What it still covers: the arguments our forward step hands
+    the model (shapes, ``PackedSeqParams``, no mask, tag order). The real THD forward runs in
+    ``benchmarks/gpu_check.py`` (the ``bf16`` packed run against ``unpacked``: ``thd_parity``)."""
     from types import SimpleNamespace
 
     from nemo_erprm.nemo.steps import erprm_forward_step
