@@ -23,6 +23,12 @@ Folder (``out``): ``labels/`` (shards, ``records.jsonl``), ``prm_init/``, ``trai
 (checkpoints, ``hf/``), ``candidates/<set>/``, ``bon/<set>/eta<k>/report.json`` (eta_sweep's
 layout, one seed), ``logs/``, ``submitted.json`` (every job: id, sbatch line, dependencies).
 
+The scripts' settings (ERPRM_NUM_SHARDS, the images, ERPRM_CONTAINER_MOUNTS, ERPRM_LOG_ROOT) reach
+the jobs as the environment of the sbatch process, with ``--export=ALL``, never as values in
+``--export``: sbatch splits that list on commas (env_merge_filter in src/common/env.c, Slurm
+22.05 to 26.05), which would cut a comma-separated mount list or a path with a comma. The printed
+and recorded line is the same command as a shell line: ``env [-u VAR] VAR=value ... sbatch ...``.
+
 A rerun submits only what is missing: a job whose output is complete is skipped, one still
 in the queue from the last submission is kept (and waited on), labeling resubmits only the
 unfinished shards (they resume). Everything is checked before the first sbatch.
@@ -76,8 +82,8 @@ class SlurmEval:
 
 @dataclass
 class Container:
-    """pyxis images (as slurm/*.sh read them). ``image``: training, conversion, merge, scoring;
-    ``label_image``: labeling and candidate generation (vLLM)."""
+    """pyxis images (as slurm/*.sh read them). ``image``: every job; ``label_image``: labeling
+    and candidate generation (vLLM) instead of ``image``. ``mounts``: comma-separated SRC:DST."""
 
     image: str | None = None
     label_image: str | None = None
@@ -192,6 +198,13 @@ def project_python() -> str:
     return ".venv/bin/python" if os.access(REPO / ".venv/bin/python", os.X_OK) else "python"
 
 
+def script_env(**env: str | None) -> dict[str, str | None]:
+    """What a slurm/*.sh job reads from its environment: set as given, and a setting the config
+    leaves empty unset (None), so that one exported in the submitting shell does not reach the
+    job in the config's place."""
+    return {k: (str(v) if v else None) for k, v in env.items()}
+
+
 @dataclass
 class Job:
     name: str
@@ -199,6 +212,7 @@ class Job:
     after: list[str]                   # names of the jobs it waits for
     done: Callable[[], bool]           # its output is complete
     output: Path                       # what done() looks at (for the messages)
+    env: dict[str, str | None] = field(default_factory=dict)  # for sbatch; None: unset there
 
 
 class Plan:
@@ -210,8 +224,9 @@ class Plan:
         self.jobs: list[Job] = []
         self.logs = out / "logs"
 
-    def flags(self, stage: str, name: str) -> list[str]:
-        return [f"--job-name={self.cfg.name}.{name}", f"--output={self.logs}/{name}-%j.out",
+    def flags(self, stage: str, name: str, *own: str) -> list[str]:
+        """The job's name, log and ``own`` flags, then the config's ``resources`` (which win)."""
+        return [f"--job-name={self.cfg.name}.{name}", f"--output={self.logs}/{name}-%j.out", *own,
                 *self.cfg.resources.get(stage, [])]
 
     def wrap(self, stage: str, name: str, args: list[str], image: str | None) -> list[str]:
@@ -225,10 +240,6 @@ class Plan:
         body = f"cd {shlex.quote(str(REPO))} && exec " + " ".join(shlex.quote(str(a)) for a in run)
         return [*self.flags(stage, name), f"--wrap={body}"]
 
-    def env_export(self, **env: str | None) -> list[str]:
-        pairs = [f"{k}={v}" for k, v in env.items() if v]
-        return [f"--export=ALL,{','.join(pairs)}"] if pairs else []
-
     def build(self) -> Plan:
         cfg, out, c = self.cfg, self.out, self.cfg.container
         policy = str(Path(cfg.policy).resolve())
@@ -240,12 +251,13 @@ class Plan:
         label_args = [f"backend.model={policy}", f"output.dir={labels}", f"seed={cfg.seed}",
                       f"etas=[{','.join(_eta_arg(e) for e in cfg.etas)}]", *cfg.label_overrides]
         self.add(Job("label", [f"--array={array}", f"--output={self.logs}/label-%A_%a.out",
-                               f"--job-name={cfg.name}.label", *cfg.resources.get("label", []),
-                               # the shard count, also when only some tasks are resubmitted
-                               *self.env_export(ERPRM_NUM_SHARDS=str(cfg.shards), ERPRM_LABEL_IMAGE=c.label_image,
-                                                ERPRM_CONTAINER_MOUNTS=c.mounts),
+                               f"--job-name={cfg.name}.label", "--export=ALL", *cfg.resources.get("label", []),
                                "slurm/label_rollouts.sh", cfg.label_config, *label_args],
-                     [], lambda: records.is_file() or not missing, labels))
+                     [], lambda: records.is_file() or not missing, labels,
+                     # the shard count, also when only some tasks are resubmitted; the script
+                     # takes ERPRM_LABEL_IMAGE, else ERPRM_CONTAINER_IMAGE
+                     script_env(ERPRM_NUM_SHARDS=str(cfg.shards), ERPRM_LABEL_IMAGE=c.label_image,
+                                ERPRM_CONTAINER_IMAGE=c.image, ERPRM_CONTAINER_MOUNTS=c.mounts)))
         self.add(Job("merge", self.wrap("merge", "merge", ["tools/label_rollouts.py", "merge", "--dir", labels], c.image),
                      ["label"], records.is_file, records))
 
@@ -265,12 +277,12 @@ class Plan:
             args = [f"model.init_from={init}", f"data.train={records}", f"data.eta={_eta_arg(eta)}",
                     f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}", f"run.seed={cfg.seed}",
                     "export.hf=true", *cfg.train_overrides]
-            self.add(Job(f"train.{key}", [*self.flags("train", f"train.{key}"),
-                                          *self.env_export(ERPRM_LOG_ROOT=str(self.logs), ERPRM_CONTAINER_IMAGE=c.image,
-                                                           ERPRM_CONTAINER_MOUNTS=c.mounts),
+            self.add(Job(f"train.{key}", [*self.flags("train", f"train.{key}", "--export=ALL"),
                                           "slurm/train_erprm.sh", cfg.train_config, *args],
                          ["merge"] + ([] if cfg.init_from else ["convert"]),
-                         lambda h=scorers[key]: (h / "prm_config.json").is_file(), scorers[key]))
+                         lambda h=scorers[key]: (h / "prm_config.json").is_file(), scorers[key],
+                         script_env(ERPRM_LOG_ROOT=str(self.logs), ERPRM_CONTAINER_IMAGE=c.image,
+                                    ERPRM_CONTAINER_MOUNTS=c.mounts)))
 
         e = cfg.eval
         for t in e.test_sets:
@@ -312,6 +324,16 @@ class Plan:
         return [s for s in range(self.cfg.shards) if not summary_path(labels, s, self.cfg.shards).is_file()]
 
 
+def sbatch_env(settings: dict[str, str | None]) -> tuple[dict[str, str], list[str]]:
+    """The sbatch process's environment (this one with ``settings`` applied, None: removed) and
+    the same as ``env`` words for the printed line (``-u`` only for what is set here)."""
+    unset = [k for k, v in settings.items() if v is None and k in os.environ]
+    given = {k: v for k, v in settings.items() if v is not None}
+    env = {k: v for k, v in os.environ.items() if k not in unset} | given
+    words = [w for k in unset for w in ("-u", k)] + [f"{k}={v}" for k, v in given.items()]
+    return env, (["env", *words] if words else [])
+
+
 def in_queue(job_id: str) -> bool:
     """Pending or running (squeue lists a job until it has ended)."""
     proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, check=False)
@@ -336,12 +358,13 @@ def submit_all(plan: Plan, previous: dict, dry_run: bool, records: dict[str, dic
         waits = [ids[a] for a in job.after if a in ids]
         dep = [f"--dependency=afterok:{':'.join(waits)}", "--kill-on-invalid-dep=yes"] if waits else []
         cmd = ["sbatch", "--parsable", *dep, *job.sbatch]
-        line = shlex.join(cmd)
+        env, env_words = sbatch_env(job.env)
+        line = shlex.join([*env_words, *cmd])
         if dry_run:
             ids[job.name] = f"<{job.name}>"  # the id sbatch would print
             print(f"{job.name}: {line}")
             continue
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SubmitError(f"sbatch for {job.name} failed (exit {proc.returncode}): "
                               f"{(proc.stderr or proc.stdout).strip()}\n  {line}")

@@ -1,6 +1,8 @@
 """The η-sweep on Slurm (nemo_erprm.experiments.slurm_sweep): the paper config's sbatch lines
-(dry run), the checks made before anything is submitted, the resubmission rules (against a
-stand-in sbatch/squeue), and the tiny config really run on the local Slurm cluster."""
+(dry run), the checks made before anything is submitted, the resubmission rules and the
+environment each job is submitted with (against a stand-in sbatch/squeue), and on the local
+Slurm cluster (Slurm 22.05 from Debian's slurm-wlm): the tiny config really run, and the
+container settings as the jobs' own scripts receive them."""
 
 from __future__ import annotations
 
@@ -33,13 +35,15 @@ def fake_policy(tmp_path) -> Path:
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch) -> Path:
-    """sbatch and squeue stand-ins on PATH: sbatch logs its arguments and prints ids 101, 102, ...;
+    """sbatch and squeue stand-ins on PATH: sbatch logs its arguments (``calls``, one line each;
+    ``args.<id>``, NUL-separated) and its environment (``env.<id>``) and prints ids 101, 102, ...;
     squeue lists the ids written to ``<state>/queue``."""
     state = tmp_path / "fake_slurm"
     (state / "bin").mkdir(parents=True)
     (state / "bin" / "sbatch").write_text(
         f'#!/bin/bash\nn=$(( $(cat {state}/n 2>/dev/null || echo 100) + 1 ))\necho $n > {state}/n\n'
-        f'printf "%s\\n" "$*" >> {state}/calls\necho $n\n')
+        f'printf "%s\\n" "$*" >> {state}/calls\nprintf "%s\\0" "$@" > {state}/args.$n\n'
+        f'env -0 > {state}/env.$n\necho $n\n')
     (state / "bin" / "squeue").write_text(  # squeue -h -j ID -o %i
         f'#!/bin/bash\ngrep -qx "$3" {state}/queue 2>/dev/null && echo "$3"\nexit 0\n')
     for f in (state / "bin").iterdir():
@@ -53,16 +57,31 @@ def calls(state: Path) -> list[str]:
     return f.read_text().splitlines() if f.exists() else []
 
 
-def dry_run(capsys, *overrides: str, out: Path) -> dict[str, list[str]]:
-    """Job name -> its sbatch line's words."""
+def submitted(state: Path) -> list[tuple[list[str], dict[str, str]]]:
+    """Each sbatch call's arguments and environment, in order."""
+    def nul_split(f: Path) -> list[str]:
+        return f.read_bytes().decode().split("\0")[:-1]
+
+    ids = sorted(int(f.name.split(".")[1]) for f in state.glob("args.*"))
+    return [(nul_split(state / f"args.{i}"), dict(v.split("=", 1) for v in nul_split(state / f"env.{i}")))
+            for i in ids]
+
+
+def dry_run(capsys, *overrides: str, out: Path) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
+    """Job name -> its sbatch line's words (from ``sbatch``), and job name -> what the line's
+    ``env`` prefix sets."""
     assert slurm_sweep.main(PAPER, list(overrides), str(out), False, dry_run=True) == 0
-    jobs = {}
+    jobs, envs = {}, {}
     for line in capsys.readouterr().out.splitlines():
         if line.startswith("skip"):
             continue
         name, cmd = line.split(": ", 1)
-        jobs[name] = shlex.split(cmd)
-    return jobs
+        words = shlex.split(cmd)
+        start = words.index("sbatch")
+        assert start == 0 or words[0] == "env", words
+        envs[name] = dict(w.split("=", 1) for w in words[1:start])
+        jobs[name] = words[start:]
+    return jobs, envs
 
 
 def value(words: list[str], prefix: str) -> str:
@@ -73,7 +92,7 @@ def value(words: list[str], prefix: str) -> str:
 
 def test_paper_dry_run_command_lines(shared_data, fake_policy, tmp_path, capsys):
     out = tmp_path / "sweep"
-    jobs = dry_run(capsys, f"policy={fake_policy}", out=out)
+    jobs, envs = dry_run(capsys, f"policy={fake_policy}", out=out)
     keys = ["eta0.1", "eta1", "eta2", "eta5", "eta8", "eta10", "eta15"]
     assert list(jobs) == (["label", "merge", "convert"] + [f"train.{k}" for k in keys]
                           + ["generate.gsm8k"] + [f"score.gsm8k.{k}" for k in keys]
@@ -82,7 +101,7 @@ def test_paper_dry_run_command_lines(shared_data, fake_policy, tmp_path, capsys)
 
     label = jobs["label"]
     assert value(label, "--array=") == "0-31"
-    assert "ERPRM_NUM_SHARDS=32" in value(label, "--export=")
+    assert value(label, "--export=") == "ALL" and envs["label"] == {"ERPRM_NUM_SHARDS": "32"}
     script = label.index("slurm/label_rollouts.sh")
     assert label[script + 1] == "conf/label_gsm8k_mistral.yaml"
     assert value(label, "etas=") == "[0.1,1.0,2.0,5.0,8.0,10.0,15.0]"
@@ -106,6 +125,7 @@ def test_paper_dry_run_command_lines(shared_data, fake_policy, tmp_path, capsys)
         assert value(train, "run.seed=") == "1234"
         assert value(train, "run.output_dir=") == str(out / "train" / key)
         assert "export.hf=true" in train
+        assert value(train, "--export=") == "ALL" and envs[f"train.{key}"] == {"ERPRM_LOG_ROOT": str(out / "logs")}
     for name, problems, fmt in (("gsm8k", "gsm8k/test.jsonl", "gsm8k"), ("math500", "math500/test.jsonl", "math")):
         gen = jobs[f"generate.{name}"]
         assert not any(w.startswith("--dependency") for w in gen)
@@ -173,10 +193,62 @@ def test_submission_records_ids_and_resubmits_only_what_is_missing(shared_data, 
     second = json.loads((out / "submitted.json").read_text())["jobs"]
     new = calls(fake_slurm)[len(first):]
     assert len(new) == len(first) - 2  # all but convert and the queued generation
-    label = next(c for c in new if "label_rollouts.sh" in c)
-    assert "--array=1,3" in label and "ERPRM_NUM_SHARDS=4" in label  # only the unfinished shards
+    label, label_env = next((words, env) for words, env in submitted(fake_slurm)[len(first):]
+                            if "slurm/label_rollouts.sh" in words)
+    assert "--array=1,3" in label and label_env["ERPRM_NUM_SHARDS"] == "4"  # only the unfinished shards
     assert second["train.eta2"]["after"] == {"merge": second["merge"]["id"]}  # convert is done
     assert second["score.gsm8k.eta2"]["after"]["generate.gsm8k"] == first["generate.gsm8k"]["id"]
+
+
+IMAGE, LABEL_IMAGE = "/images/nemo-erprm.sqsh", "/images/nemo-erprm-label-vllm.sqsh"
+MOUNTS = "/models:/models,/data/gsm8k:/data/gsm8k"     # two mounts: a comma inside the value
+
+
+def container_overrides(label_image: str | None) -> list[str]:
+    return [f"container.image={IMAGE}", f"container.mounts={MOUNTS}"] + \
+        ([f"container.label_image={label_image}"] if label_image else [])
+
+
+def expected_image(job_name: str, label_image: str | None) -> str:
+    """Labeling and generation run in label_image when it is set; everything else in image."""
+    return label_image if label_image and job_name.split(".")[1] in ("label", "generate") else IMAGE
+
+
+@pytest.mark.parametrize("label_image", [None, LABEL_IMAGE])
+def test_every_job_gets_its_image_and_all_mounts(shared_data, fake_policy, fake_slurm, tmp_path, monkeypatch,
+                                                 label_image):
+    """The scripts' settings travel in sbatch's own environment with --export=ALL, not inside
+    --export (sbatch splits that list on commas: the second mount was lost); labeling uses
+    container.image when no label_image is set; a setting the config leaves unset is removed
+    from what the submitting shell exported."""
+    monkeypatch.setenv("ERPRM_LABEL_IMAGE", "/stale/exported-in-the-shell.sqsh")
+    out = tmp_path / "sweep,2"        # a comma in the log folder (ERPRM_LOG_ROOT) too
+    args = [f"policy={fake_policy}", "shards=4", *container_overrides(label_image)]
+    assert slurm_sweep.main(PAPER, args, str(out), False) == 0
+    stages = set()
+    for words, env in submitted(fake_slurm):
+        name = value(words, "--job-name=")
+        assert [w for w in words if w.startswith("--export")] in ([], ["--export=ALL"]), words
+        if "slurm/label_rollouts.sh" in words:
+            assert value(words, "--export=") == "ALL"
+            assert env["ERPRM_NUM_SHARDS"] == "4" and env["ERPRM_CONTAINER_MOUNTS"] == MOUNTS
+            assert env.get("ERPRM_LABEL_IMAGE") == label_image  # the stale one is gone
+            # the script's rule: ERPRM_LABEL_IMAGE, else ERPRM_CONTAINER_IMAGE
+            image = env.get("ERPRM_LABEL_IMAGE") or env.get("ERPRM_CONTAINER_IMAGE")
+        elif "slurm/train_erprm.sh" in words:
+            assert value(words, "--export=") == "ALL"
+            assert env["ERPRM_CONTAINER_MOUNTS"] == MOUNTS and env["ERPRM_LOG_ROOT"] == str(out / "logs")
+            image = env.get("ERPRM_CONTAINER_IMAGE")
+        else:                             # one command, through srun's pyxis flags
+            wrapped = shlex.split(value(words, "--wrap="))
+            assert value(wrapped, "--container-mounts=") == f"{REPO}:{REPO},{MOUNTS}"
+            image = value(wrapped, "--container-image=")
+        assert image == expected_image(name, label_image), (name, image)
+        stages.add(name.split(".")[1])
+    assert stages == set(slurm_sweep.STAGES)
+    recorded = json.loads((out / "submitted.json").read_text())["jobs"]["label"]["command"]
+    assert shlex.split(recorded)[:3] == (["env", "-u", "ERPRM_LABEL_IMAGE"] if label_image is None
+                                         else ["env", "ERPRM_NUM_SHARDS=4", f"ERPRM_LABEL_IMAGE={label_image}"])
 
 
 # --- on the local Slurm cluster ---------------------------------------------------------------
@@ -255,3 +327,54 @@ def test_tiny_sweep_runs_on_local_slurm_and_a_rerun_submits_nothing(local_slurm,
     assert not subprocess.run(["squeue", "-h"], env=local_slurm, capture_output=True, text=True, check=False).stdout.strip()
     assert {n: j["id"] for n, j in json.loads((out / "submitted.json").read_text())["jobs"].items()} == \
         {n: j["id"] for n, j in jobs.items()}
+
+
+@pytest.mark.slow
+def test_jobs_on_local_slurm_receive_both_mounts_and_the_image(local_slurm, shared_data, fake_policy, tmp_path):
+    """The tiny sweep with two mounts and only container.image, submitted to the local cluster:
+    real sbatch, slurmctld and slurmd run every job's own batch script (slurm/*.sh or --wrap),
+    each of which starts its step with srun --container-image/--container-mounts. pyxis and
+    enroot (which add those flags to srun) are not installed here, so ``srun`` on the jobs' PATH
+    is a stand-in that records its arguments and environment and exits 0: this checks what the
+    jobs receive and hand to srun, not a container start."""
+    rec, bin_dir = tmp_path / "srun_calls", tmp_path / "bin"
+    rec.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/bash\nf={rec}/"$SLURM_JOB_NAME.${{SLURM_ARRAY_TASK_ID:-0}}"\n'
+                                  'printf "%s\\0" "$@" > "$f.args"\nenv -0 > "$f.env"\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**local_slurm, "PATH": f"{bin_dir}:{local_slurm['PATH']}"}
+    out = tmp_path / "sweep,1"        # a comma in the log folder (ERPRM_LOG_ROOT) too
+    cmd = [sys.executable, "-m", "nemo_erprm.experiments.slurm_sweep", "--config", TINY, "--out", str(out),
+           f"policy={fake_policy}", *container_overrides(None)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = json.loads((out / "submitted.json").read_text())["jobs"]
+    ids = [j["id"] for j in jobs.values()]
+    deadline = time.time() + 300
+    while subprocess.run(["squeue", "-h", "-j", ",".join(ids)], env=env, capture_output=True, check=False,
+                         text=True).stdout.strip():
+        assert time.time() < deadline, "jobs still queued after 300 s" + log_tails(out)
+        time.sleep(2)
+    states = {name: {r["JobState"] for r in job_rows(env, j["id"])} for name, j in jobs.items()}
+    assert all(s == {"COMPLETED"} for s in states.values()), str(states) + log_tails(out)
+
+    def flag(args: list[str], prefix: str) -> str | None:
+        return next((a[len(prefix):] for a in args if a.startswith(prefix)), None)
+
+    # step -> (image, mounts, ERPRM_CONTAINER_MOUNTS in the batch script, the folder of the
+    # training's per-job rank-log folder: ERPRM_LOG_ROOT as slurm/train_erprm.sh received it)
+    seen, want = {}, {}
+    for f in sorted(rec.glob("*.args")):
+        step = f.name[:-len(".args")]
+        args = f.read_bytes().decode().split("\0")[:-1]
+        step_env = dict(v.split("=", 1) for v in f.with_suffix(".env").read_bytes().decode().split("\0")[:-1])
+        script_job, train = ".label." in step or ".train." in step, ".train." in step
+        seen[step] = (flag(args, "--container-image="), flag(args, "--container-mounts="),
+                      step_env.get("ERPRM_CONTAINER_MOUNTS") if script_job else None,
+                      str(Path(flag(args, "--output=")).parent.parent) if train else None)
+        want[step] = (IMAGE, f"{REPO}:{REPO},{MOUNTS}", MOUNTS if script_job else None,
+                      str(out / "logs") if train else None)
+    assert sorted(seen) == sorted([f"slurm_tiny.label.{i}" for i in range(2)] +
+                                  [f"slurm_tiny.{n}.0" for n in jobs if n != "label"])
+    assert seen == want
