@@ -13,6 +13,7 @@ from nemo_erprm.labeling.backends.base import (
     BackendConfig,
     PromptConfig,
     SamplingConfig,
+    greedy_needs_one,
 )
 from nemo_erprm.labeling.problems import InputConfig
 from nemo_erprm.labeling.segmentation import SegmentationConfig
@@ -58,6 +59,8 @@ class LabelConfig:
             raise ConfigError("input.format=offline and backend.name=offline go together")
         if self.trajectories == "policy" and self.backend.name == "offline":
             raise ConfigError("trajectories=policy needs a generating backend (hf or vllm)")
+        if self.trajectories == "policy" and self.sampling.temperature == 0 and self.sampling.num_trajectories != 1:
+            raise ConfigError(greedy_needs_one("sampling.num_trajectories", self.sampling.num_trajectories))
         return self
 
     def identity(self) -> dict[str, Any]:

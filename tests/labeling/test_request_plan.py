@@ -1,15 +1,17 @@
 """One request plan for the `hf` and `vllm` backends: the same prompt token ids (one BOS under a
 chat template), disjoint per-completion seeds, windows across problems, truncation counts.
 
-vLLM cannot be installed here (its wheels need CUDA), so the vLLM backend runs against a
-recording stand-in of `vllm.LLM` / `SamplingParams` / `TokensPrompt` that expands seeds the
-way vLLM does (completion j of a request with seed s samples with s + j,
-`vllm/v1/engine/parallel_sampling.py`) and tokenizes text prompts the way vLLM does
-(`add_special_tokens=True`). The check against vLLM's own classes runs where vLLM imports.
+The `hf` side runs for real (SeededSampler + transformers `generate` on a tiny Llama). The
+vLLM side runs the real `VLLMBackend` methods against a recording stand-in of `vllm.LLM`,
+`SamplingParams` and `TokensPrompt` (see :class:`FakeLLM`): vLLM cannot be installed in this
+environment (vLLM 0.33 pins torch 2.14 and transformers >= 5.16.1; this venv has torch 2.13
+CPU and transformers 4.57, which NeMo 2.7.3 pins, and no GPU). The check against vLLM's own
+classes runs where vLLM imports.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import types
@@ -20,7 +22,7 @@ import torch
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
-from nemo_erprm.labeling.backends.hf import HFBackend
+from nemo_erprm.labeling.backends.hf import HFBackend, SeededSampler
 from nemo_erprm.labeling.backends.plan import Completion, Request
 from nemo_erprm.labeling.backends.vllm_backend import VLLMBackend, check_tensor_parallel
 from nemo_erprm.labeling.config import LabelConfig
@@ -68,10 +70,17 @@ class FakeOutput:
 
 
 class FakeLLM:
-    """Records what `LLM.generate` receives: per completion, the prompt ids the engine would see
-    and the seed it samples with. Completion texts come from ``texts(seed)``."""
+    """Stands in for `vllm.LLM.generate` (vLLM 0.33, offline engine): it cannot run here (see
+    the module docstring). It records what the engine receives: per completion, the prompt ids
+    the engine would see (text prompts tokenized with `add_special_tokens=True`, as vLLM does)
+    and the seed it samples with (completion j of a request with seed s samples with s + j,
+    `vllm/v1/engine/parallel_sampling.py` `ParentRequest._get_child_sampling_params`), and it
+    returns `RequestOutput`-shaped results (`outputs[j].index/.text/.finish_reason`).
+    Completion j is ``texts(prompt ids, seed)`` with ``finish(prompt ids, seed)``: a sampler
+    that, like vLLM's, is a function of the prompt ids and the child's seed. What it does not
+    cover: vLLM's own sampling kernels and scheduler (its tokens differ from SeededSampler's)."""
 
-    def __init__(self, tokenizer, texts=lambda seed: SOLUTION, finish=lambda seed: "stop"):
+    def __init__(self, tokenizer, texts=lambda ids, seed: SOLUTION, finish=lambda ids, seed: "stop"):
         self.tokenizer, self.texts, self.finish = tokenizer, texts, finish
         self.seen: list[tuple[tuple[int, ...], int]] = []
 
@@ -84,7 +93,7 @@ class FakeLLM:
                 ids = tuple(prompt["prompt_token_ids"])
             seeds = [p.seed + j for j in range(p.n)]
             self.seen += [(ids, s) for s in seeds]
-            outs = [FakeOutput(j, self.texts(s), self.finish(s)) for j, s in enumerate(seeds)]
+            outs = [FakeOutput(j, self.texts(ids, s), self.finish(ids, s)) for j, s in enumerate(seeds)]
             results.append(types.SimpleNamespace(outputs=outs))
         return results
 
@@ -114,16 +123,33 @@ def vllm_backend(cfg: LabelConfig, tokenizer, llm: FakeLLM, vllm_module) -> VLLM
     return backend
 
 
+def tiny_policy(tokenizer):
+    """A tiny random Llama over ``tokenizer``'s vocabulary (the shape of tests/tiny_models.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
 def hf_backend(cfg: LabelConfig, tokenizer, monkeypatch) -> tuple[HFBackend, list]:
-    """The real HFBackend with its batched `generate` replaced by a recorder of (prompt ids, seed)."""
+    """The real HFBackend on a tiny Llama, and a recorder of what transformers' `generate`
+    receives: per row, the prompt ids (left padding removed) and the seed of its SeededSampler."""
+    backend = HFBackend(cfg.backend, cfg.sampling, cfg.prompt, model=tiny_policy(tokenizer), tokenizer=tokenizer)
     seen: list[tuple[tuple[int, ...], int]] = []
+    generate = backend.model.generate
 
-    def fake_batch(self, prompts, seeds):
-        seen.extend(zip((tuple(p) for p in prompts), seeds))
-        return [Completion(SOLUTION) for _ in prompts]
+    def recording_generate(input_ids, attention_mask, logits_processor, **kwargs):
+        (sampler,) = logits_processor
+        assert isinstance(sampler, SeededSampler)
+        rows = [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(input_ids, attention_mask)]
+        seen.extend(zip(rows, sampler.seeds))
+        return generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=logits_processor,
+                        **kwargs)
 
-    monkeypatch.setattr(HFBackend, "_generate_batch", fake_batch)
-    backend = HFBackend(cfg.backend, cfg.sampling, cfg.prompt, model=torch.nn.Linear(1, 1), tokenizer=tokenizer)
+    monkeypatch.setattr(backend.model, "generate", recording_generate)
     return backend, seen
 
 
@@ -154,20 +180,42 @@ def test_vllm_gets_token_ids_with_one_bos(fake_vllm):
 
 
 def test_hf_and_vllm_plans_have_the_same_prompt_ids_and_seeds(fake_vllm, monkeypatch):
-    cfg = label_cfg()
+    """Policy trajectories, then every step prefix rolled out (`final_step_label: rollout`, so
+    each sampled trajectory has rollouts), completions stored in the records.
+
+    `hf` runs SeededSampler + `generate` for real. The vLLM stand-in answers each completion
+    with what the real `hf` sampler gives that (prompt ids, seed) alone, in a batch of one: the
+    records agree only if both backends hand the model the same (prompt ids, seed) pairs and
+    put every completion in the same place, and the `hf` window (sorted, batched, left padded)
+    returns for every slot the completion its own prompt and seed give."""
+    cfg = label_cfg(max_new_tokens=6)
+    cfg.final_step_label = "rollout"
+    cfg.output.store_completions = True
     tok = bos_tokenizer()
-    llm = FakeLLM(tok)
-    vllm_records, _ = label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, tok, llm, fake_vllm))
     hf, hf_seen = hf_backend(cfg, tok, monkeypatch)
-    hf_records, _ = label_problem(PROBLEM, 0, cfg, hf)
-    assert sorted(hf_seen) == sorted(llm.seen)  # every (prompt ids, seed) pair, completion by completion
-    assert len(hf_seen) == 4 + 4 * 3 * 4
+    hf_records, hf_stats = label_problem(PROBLEM, 0, cfg, hf)
+    labeled = list(hf_seen)
+
+    @functools.cache
+    def alone(ids: tuple[int, ...], seed: int) -> Completion:
+        return hf.run([Request(ids, 1, seed)])[0][0]
+
+    llm = FakeLLM(tok, texts=lambda ids, seed: alone(ids, seed).text,
+                  finish=lambda ids, seed: "length" if alone(ids, seed).truncated else "stop")
+    vllm_records, vllm_stats = label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, tok, llm, fake_vllm))
+    assert sorted(labeled) == sorted(llm.seen)  # every (prompt ids, seed) pair, completion by completion
+    rolled_out = sum(len(r["steps"]) for r in hf_records)
+    assert len(hf_records) == 4 and rolled_out >= 4
+    assert len(labeled) == hf_stats.completions == vllm_stats.completions == 4 + 4 * rolled_out
     strip = lambda rs: [{k: v for k, v in r.items() if k != "meta"} for r in rs]  # noqa: E731
     assert strip(hf_records) == strip(vllm_records)
+    texts = [t for r in hf_records for step in r["completions"] for t in step]
+    assert len(set(texts)) > len(texts) // 2  # sampled text, not one fixed string
 
 
-@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not importable here (its wheels need CUDA; this machine has "
-                    "no GPU): the plan objects are checked above against a stand-in with vLLM's seed rule")
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not importable here (vLLM 0.33 needs torch 2.14 and "
+                    "transformers >= 5.16; this venv has 2.13 and 4.57): the plan objects are checked above "
+                    "against a stand-in with vLLM's seed rule")
 def test_request_construction_against_vllms_own_classes():
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -185,7 +233,7 @@ def test_truncated_completions_are_counted_per_step(fake_vllm):
     from nemo_erprm.labeling.rollouts import problem_seed
 
     cfg = label_cfg()
-    llm = FakeLLM(bos_tokenizer(), finish=lambda seed: "length" if seed % 3 == 0 else "stop")
+    llm = FakeLLM(bos_tokenizer(), finish=lambda ids, seed: "length" if seed % 3 == 0 else "stop")
     records, stats = label_problem(PROBLEM, 0, cfg, vllm_backend(cfg, llm.tokenizer, llm, fake_vllm))
     first_rollout_seed = problem_seed(cfg.seed, PROBLEM.id) + cfg.sampling.num_trajectories
     cut_rollouts = sum(1 for _, seed in llm.seen if seed % 3 == 0 and seed >= first_rollout_seed)

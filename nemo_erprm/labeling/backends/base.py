@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from nemo_erprm.errors import ConfigError
-
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from nemo_erprm.errors import ConfigError
 from nemo_erprm.labeling.backends.plan import Completion, Request, encode_prompt, prompt_requests
+
+
+# vLLM's temperature range: above 2 refused, (0, 0.01) raised to 0.01 (`_MAX_TEMP`)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
 
 
 @dataclass
@@ -23,12 +27,30 @@ class SamplingConfig:
     stop: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.num_trajectories < 1:
-            raise ConfigError("sampling.n and sampling.num_trajectories must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("sampling.temperature must be >= 0 and sampling.top_p in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise ConfigError("sampling.max_new_tokens must be >= 1")
+        # vLLM's own limits (vllm/sampling_params.py `SamplingParams._verify_args` and
+        # `_verify_greedy_sampling`, commit 00388f6573cc): it refuses them at the first request,
+        # after the engine has loaded; here they fail before anything starts, on every backend,
+        # so a config that labels with `hf` also labels with `vllm`
+        for key in ("n", "num_trajectories", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"sampling.{key} must be >= 1, got {getattr(self, key)}")
+        t = self.temperature
+        # nan passes every comparison, so finiteness first; vLLM raises 0 < t < 0.01 to 0.01
+        # (with a warning) and would not sample what `hf` samples
+        if not math.isfinite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            raise ConfigError(f"sampling.temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, "
+                              f"{MAX_TEMPERATURE:g}] (vLLM's range), got {t}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if t == 0 and self.n != 1:
+            raise ConfigError(greedy_needs_one("sampling.n", self.n))
+
+
+def greedy_needs_one(key: str, value: int) -> str:
+    """The message for a request count above 1 under greedy decoding (vLLM: "n must be 1 when
+    using greedy sampling"); ``sampling.num_trajectories`` is checked where trajectories are known."""
+    return (f"{key} must be 1 with sampling.temperature=0 (greedy decoding gives one completion per "
+            f"prompt; vLLM refuses n > 1), got {value}")
 
 
 @dataclass

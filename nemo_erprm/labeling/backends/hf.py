@@ -96,14 +96,19 @@ class HFBackend(GenerationBackend):
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         s = self.sampling
-        # greedy decoding over scores our sampler has already reduced to the sampled token; a
-        # fresh GenerationConfig keeps the model's own sampling defaults out
+        # greedy decoding over scores our sampler has already reduced to the sampled token
         config = GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=False, pad_token_id=pad,
                                   eos_token_id=self.eos_ids)
         processors = LogitsProcessorList([SeededSampler(seeds, s.temperature, s.top_p)] if s.temperature > 0 else [])
         with torch.inference_mode():
+            # use_model_defaults=False: without it, for a model whose generation_config.json was
+            # written by transformers >= 4.50 (any re-saved policy), `generate` replaces every field
+            # of `config` left at its default with the model's own (do_sample, repetition_penalty,
+            # no_repeat_ngram_size, min_new_tokens, suppress_tokens...; transformers 4.57
+            # `GenerationMixin._prepare_generation_config`), and those processors run before ours.
+            # With it, `config`'s defaults stay neutral: SeededSampler is the only logits processor.
             generated = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                            logits_processor=processors)
+                                            logits_processor=processors, use_model_defaults=False)
         new_tokens = generated[:, width:].tolist()
         eos = set(self.eos_ids)
         completions = []
@@ -134,6 +139,7 @@ class SeededSampler:
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
         import torch
 
+        self.seeds = list(seeds)  # row i's seed
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.temperature, self.top_p = temperature, top_p
 
