@@ -1,9 +1,9 @@
 """JSONL reading with file:line errors, and crash-safe appends.
 
 Every stage boundary of nemo-erprm is a JSONL file. Readers name the file and line of
-the first bad record; writers append whole lines with one ``write`` and flush + fsync, so a
-process killed at any moment leaves at most one partial last line, which
-:func:`repair_partial_tail` removes on restart.
+the first bad record (and the byte offset of a byte that is not UTF-8); writers append whole
+lines with one ``write`` and flush + fsync, so a process killed at any moment leaves at most
+one partial last line, which :func:`repair_partial_tail` removes on restart.
 """
 
 from __future__ import annotations
@@ -24,22 +24,46 @@ class RecordError(ERPRMError, ValueError):
         super().__init__(f"{path}:{line}: {message}")
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; 1-based line numbers."""
+def not_utf8(byte: int, offset: int) -> str:
+    """The message for a byte that is not UTF-8, at ``offset`` bytes into its source."""
+    return f"not UTF-8 (byte offset {offset}: 0x{byte:02x}); save the file as UTF-8"
+
+
+def utf8_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` of a UTF-8 file; a byte that is not UTF-8 raises
+    :class:`RecordError` naming its line and byte offset in the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise RecordError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(path, lineno, not_utf8(raw[e.start], offset + e.start)) from None
+            yield lineno, text
+            offset += len(raw)
+
+
+def check_utf8(path: str | os.PathLike) -> None:
+    """Read ``path`` through once (a stage that writes before it reads checks its inputs first)."""
+    for _ in utf8_lines(path):
+        pass
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; 1-based line numbers."""
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise RecordError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

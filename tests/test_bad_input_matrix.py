@@ -1,6 +1,8 @@
-"""Every tool, every bad input of issue 17: exit code 2, one ``error:`` line naming the file:line,
-field or value, no traceback, and nothing written or changed (the folder holding the case's
-inputs and outputs is compared file by file before and after).
+"""Every tool, every bad input of issues 17 and 22: exit code 2, one ``error:`` line naming the
+file:line, field or value, no traceback, and nothing written or changed (the folder holding the
+case's inputs and outputs is compared file by file before and after). Issue 22: bytes that are
+not UTF-8 in every input (named by file, line and byte offset), and nonsense numbers (nan, inf,
+out of range) named by key and range.
 
 The tools run as a user runs them (a subprocess each); the training cases call
 ``nemo_erprm.train.main`` in this process (its import costs ~10 s), plus one subprocess case."""
@@ -18,6 +20,29 @@ from tests.tiny_models import build_tiny_hf
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Tom has 3 apples and buys 4 more. How many?"
+RECORD = {"version": 1, "id": "p1/0", "problem_id": "p1", "question": QUESTION, "gold": "7",
+          "steps": ["3 + 4 = 7\n", "#### 7"], "step_rewards": [[1, 1], [1]], "n_correct": [2, 1], "n_total": [2, 1],
+          "outcome": True, "labels": {"2": [0.9, 1.0]}, "step_tag": "ки", "meta": {}}
+
+
+def not_utf8_file(first: dict) -> tuple[bytes, str]:
+    """A valid first line (with multi-byte characters before the bad byte: the offset counts
+    bytes), then a line holding a Latin-1 "é" (0xe9); the bytes and the error's ``:line: ...``."""
+    good = (json.dumps(first, ensure_ascii=False) + "\n").encode()
+    bad = b'{"question": "caf\xe9"}\n'
+    return good + bad, f":2: not UTF-8 (byte offset {len(good) + bad.index(0xe9)}: 0xe9)"
+
+
+NOT_UTF8 = {  # file name -> (bytes, error tail)
+    "problems_not_utf8.jsonl": not_utf8_file({"question": "Ёжик has 3 apples", "answer": "3 + 4 = 7\n#### 7"}),
+    "records_not_utf8.jsonl": not_utf8_file(RECORD),
+    "candidates_not_utf8.jsonl": not_utf8_file({"question": QUESTION, "gold": "7", "candidates": ["3 + 4 = 7\n#### 7"]}),
+    "not_utf8.yaml": (b"# recipe\n# caf\xe9\n", ":2: not UTF-8 (byte offset 14: 0xe9)"),
+}
+
+
+def not_utf8(name: str) -> str:
+    return "{R}/" + name + NOT_UTF8[name][1]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +51,8 @@ def root(tmp_path_factory, shared_data) -> Path:
     truncated copy), a tiny HF PRM export, a fake PRM checkpoint, candidates and records."""
     r = tmp_path_factory.mktemp("bad_input")
     (r / "a_file").write_text("not a folder\n")
+    for name, (data, _) in NOT_UTF8.items():
+        (r / name).write_bytes(data)
     hf = build_tiny_hf(r / "hf", "llama")
     trunc = r / "hf_truncated"
     trunc.mkdir()
@@ -69,11 +96,19 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*"))}
 
 
-def assert_one_line_error(stderr: str, expected: str) -> None:
+def assert_one_line_error(stderr: str, expected: str | tuple[str, ...]) -> None:
+    """One ``error:`` line holding ``expected`` (or each of several parts)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
-    assert expected in lines[0], lines[0]
+    for part in (expected,) if isinstance(expected, str) else expected:
+        assert part in lines[0], lines[0]
+
+
+def with_root(expected: str | tuple[str, ...], root: Path) -> str | tuple[str, ...]:
+    if isinstance(expected, str):
+        return expected.replace("{R}", str(root))
+    return tuple(part.replace("{R}", str(root)) for part in expected)
 
 
 LABEL = "tools/label_rollouts.py"
@@ -98,6 +133,23 @@ CASES = {
                                     "{R}/x.jsonl"], "{R}/candidates.jsonl:1: "),
         ("merge_missing_dir", ["merge", "--dir", "{R}/no_such_dir"], "{R}/no_such_dir: no records.shard"),
         ("mistyped_subcommand", ["merg", "--dir", "{R}/labels"], "unknown subcommand 'merg' (did you mean 'merge'?)"),
+        # issue 22: bytes that are not UTF-8
+        ("input_not_utf8", [*LABEL_CONF, "input.path={R}/problems_not_utf8.jsonl", "output.dir={R}/new_labels"],
+         not_utf8("problems_not_utf8.jsonl")),
+        ("config_not_utf8", ["--config", "{R}/not_utf8.yaml", "output.dir={R}/new_labels"], not_utf8("not_utf8.yaml")),
+        ("relabel_input_not_utf8", ["relabel", "--input", "{R}/records_not_utf8.jsonl", "--eta", "5", "--out",
+                                    "{R}/relabeled.jsonl"], not_utf8("records_not_utf8.jsonl")),
+        ("export_input_not_utf8", ["export", "--input", "{R}/records_not_utf8.jsonl", "--format", "trl", "--out",
+                                   "{R}/x.jsonl"], not_utf8("records_not_utf8.jsonl")),
+        # issue 22: nonsense numbers (temperature=nan wrote run.yaml, then refused it; inf generated)
+        ("temperature_nan", [*LABEL_CONF, "sampling.temperature=nan", "output.dir={R}/new_labels"],
+         ("sampling.temperature", "got nan")),
+        ("temperature_inf", [*LABEL_CONF, "sampling.temperature=inf", "output.dir={R}/new_labels"],
+         ("sampling.temperature", "got inf")),
+        *[(f"export_threshold_{name}", ["export", "--input", RECORDS, "--format", "trl", "--threshold", value,
+                                        "--out", "{R}/x.jsonl"],
+           f"--threshold must be in [0, 1) (trl label: ER label > threshold), got {float(value)}")
+          for name, value in (("nan", "nan"), ("above_one", "5"), ("negative", "-1"))],
     ],
     "best_of_n": [
         ("out_is_a_file", ["--candidates", "{R}/candidates.jsonl", "--scorer", "none", "--out", "{R}/a_file"],
@@ -123,6 +175,8 @@ CASES = {
                                  "--out", "{R}/bon"], "--aggregation: unknown ['median']"),
         ("unknown_option", ["--candidates", "{R}/long.jsonl", "--scorer", "none", "--out", "{R}/bon", "--nmax", "4"],
          "best_of_n.py: unrecognized arguments: --nmax 4"),
+        ("candidates_not_utf8", ["--candidates", "{R}/candidates_not_utf8.jsonl", "--scorer", "none", "--out",
+                                 "{R}/bon"], not_utf8("candidates_not_utf8.jsonl")),
     ],
     "convert": [
         ("tp_zero", ["--hf-dir", "{R}/hf", "--out", "{R}/prm", "--tp", "0"], "--tp must be at least 1, got 0"),
@@ -161,17 +215,28 @@ def test_bad_input_is_one_line_exit_2_nothing_written(root, tool, argv, expected
     before = snapshot(root)
     proc = run_tool(TOOLS[tool], *[a.replace("{R}", str(root)) for a in argv])
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert_one_line_error(proc.stderr, expected.replace("{R}", str(root)))
+    assert_one_line_error(proc.stderr, with_root(expected, root))
     assert snapshot(root) == before
 
 
 TRAIN_CASES = [
-    ("micro_batch_size_zero", ["data.micro_batch_size=0"], "data.micro_batch_size=0 and data.global_batch_size=4 must be at least 1"),
+    ("micro_batch_size_zero", ["data.micro_batch_size=0"], "data.micro_batch_size=0: must be >= 1"),
     ("unknown_key_on_command_line", ["optim.lrr=1e-5"], "error: command line: Key 'lrr' not in 'OptimConfig' (key: optim.lrr)"),
     ("eta_nan", ["data.eta=nan"], "data.eta=nan: must be a number"),
     ("not_a_multiple", ["data.global_batch_size=5"], "data.global_batch_size=5 must be a multiple of data.micro_batch_size=2"),
     ("init_from_missing", ["model.init_from={R}/nope"], "model.init_from: {R}/nope is not a directory"),
     ("data_missing", ["data.train={R}/nope.jsonl"], "data.train: {R}/nope.jsonl does not exist"),
+    # issue 22: bytes that are not UTF-8 (the data file is read before the run folder is made)
+    ("data_not_utf8", ["data.train={R}/records_not_utf8.jsonl"], not_utf8("records_not_utf8.jsonl")),
+    ("config_not_utf8", ["--config", "{R}/not_utf8.yaml"], not_utf8("not_utf8.yaml")),  # the last --config wins
+    ("override_not_utf8", ["run.name=caf\udce9"], "command line: run.name: not UTF-8 (byte offset 12: 0xe9)"),
+    # issue 22: nonsense numbers, named with their key and range
+    ("lr_nan", ["optim.lr=nan"], "optim.lr=nan: must be a finite number > 0"),
+    ("lr_inf", ["optim.lr=inf"], "optim.lr=inf: must be a finite number > 0"),
+    ("max_steps_negative", ["trainer.max_steps=-1"],
+     "trainer.max_steps=-1: must be >= 1 (null: trainer.max_epochs sets the length)"),
+    ("max_steps_zero", ["trainer.max_steps=0"], "trainer.max_steps=0: must be >= 1 (null: trainer.max_epochs"),
+    ("seq_length_zero", ["model.seq_length=0"], "model.seq_length=0: must be >= 1"),
 ]
 
 
@@ -194,7 +259,7 @@ def test_train_bad_input(root, train_main, overrides, expected, capsys, monkeypa
     before = snapshot(root)
     argv = ["--config", "conf/tiny_cpu.yaml", f"run.output_dir={root}/train", *overrides]
     assert main([a.replace("{R}", str(root)) for a in argv]) == 2
-    assert_one_line_error(capsys.readouterr().err, expected.replace("{R}", str(root)))
+    assert_one_line_error(capsys.readouterr().err, with_root(expected, root))
     assert snapshot(root) == before
 
 
@@ -203,7 +268,7 @@ def test_train_command_line_prints_one_line(root):
     proc = run_tool("-m", "nemo_erprm.train", "--config", "conf/tiny_cpu.yaml", f"run.output_dir={root}/train",
                     "data.micro_batch_size=0")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert_one_line_error(proc.stderr, "data.micro_batch_size=0 and data.global_batch_size=4 must be at least 1")
+    assert_one_line_error(proc.stderr, "data.micro_batch_size=0: must be >= 1")
     assert snapshot(root) == before
 
 

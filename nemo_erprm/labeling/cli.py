@@ -29,6 +29,16 @@ def _parse_eta(text: str) -> float:
     return value
 
 
+def _parse_threshold(text: str) -> float:
+    from nemo_erprm.labeling.formats import check_threshold
+
+    try:
+        return check_threshold(float(text), "--threshold")
+    except ValueError as e:  # not a number, or a ConfigError: out of range
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, ConfigError) else
+                                         f"--threshold must be a number, got {text!r}") from None
+
+
 def _check_out_file(path: str) -> None:
     """--out must be able to become a file; checked before anything is read or written."""
     from pathlib import Path
@@ -129,7 +139,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--input", required=True)
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument("--eta", type=_parse_eta, default=2.0)
-    p.add_argument("--threshold", type=float, default=0.5, help="trl: label = ER label > threshold")
+    p.add_argument("--threshold", type=_parse_threshold, default=0.5, help="trl: label = ER label > threshold")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     _check_out_file(args.out)

@@ -52,7 +52,7 @@ class LabelConfig:
             raise ConfigError(f"trajectories must be reference or policy, got {self.trajectories!r}")
         if self.final_step_label not in ("outcome", "rollout"):
             raise ConfigError(f"final_step_label must be outcome or rollout, got {self.final_step_label!r}")
-        if not self.etas or any(math.isnan(e) for e in self.etas):
+        if not self.etas:  # nan in them is refused with every other number (yaml_config.check_numbers)
             raise ConfigError("etas must be a non-empty list of real numbers (or .inf / -.inf)")
         offline_input = self.input.format == "offline"
         if offline_input != (self.backend.name == "offline"):

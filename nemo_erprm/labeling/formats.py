@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+from nemo_erprm.errors import ConfigError
 from nemo_erprm.labeling.er_label import eta_key, labels_for_etas
 from nemo_erprm.labeling.segmentation import render_prm_input
 
@@ -35,6 +36,14 @@ def to_text_value(record: dict[str, Any], eta: float) -> dict[str, Any]:
     }
 
 
+def check_threshold(threshold: float, key: str = "threshold") -> float:
+    """ER labels lie in [0, 1] and a trl label is ``ER label > threshold``: outside [0, 1) (or
+    nan) every label would come out the same."""
+    if not 0 <= threshold < 1:
+        raise ConfigError(f"{key} must be in [0, 1) (trl label: ER label > threshold), got {threshold}")
+    return threshold
+
+
 def to_trl(record: dict[str, Any], eta: float, threshold: float = 0.5) -> dict[str, Any]:
     soft = record_labels(record, eta)
     return {
@@ -50,5 +59,6 @@ def export_records(
 ) -> Iterator[dict[str, Any]]:
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    check_threshold(threshold)
     for record in records:
         yield to_text_value(record, eta) if fmt == "text_value" else to_trl(record, eta, threshold)

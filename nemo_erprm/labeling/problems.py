@@ -22,9 +22,10 @@ from nemo_erprm.errors import ConfigError
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nemo_erprm.jsonl import RecordError, iter_jsonl
+from nemo_erprm.yaml_config import Range
 
 FORMATS = ("gsm8k", "math", "generic", "offline")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -43,6 +44,8 @@ class InputConfig:
     strip_calculator: bool = True
     offset: int = 0
     limit: int | None = None
+
+    NUMBER_RANGES: ClassVar[dict[str, Range]] = {"offset": Range(0), "limit": Range(1, note="null: all")}
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

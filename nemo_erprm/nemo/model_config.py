@@ -32,13 +32,14 @@ with TE + packing is refused (samples would attend to each other).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.model.build import FP8_FORMATS, RECOMPUTE, check_precision_switch
 from nemo_erprm.model.heads import HEAD_TYPES
+from nemo_erprm.yaml_config import Range
 
 PRECISIONS = {"bf16": ("bf16-mixed", torch.bfloat16), "fp16": ("16-mixed", torch.float16), "fp32": ("32", torch.float32)}
 FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
@@ -79,6 +80,17 @@ class ModelConfig:
     attention_dropout: float = 0.0
     packed_attention: Optional[bool] = None  # THD attention (cu_seqlens); null: on for TE spec + packing
 
+    # checked by yaml_config.load_structured with every other number of the config
+    NUMBER_RANGES: ClassVar[dict[str, Range]] = {
+        **{k: Range(1, note="null: the family's or checkpoint's") for k in (
+            "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+            "vocab_size", "seq_length")},
+        "rotary_base": Range(0, low_open=True), "layernorm_epsilon": Range(0, low_open=True),
+        "tensor_model_parallel_size": Range(1), "pipeline_model_parallel_size": Range(1),
+        "virtual_pipeline_model_parallel_size": Range(1, note="null: off"),
+        "hidden_dropout": Range(0, 1, high_open=True), "attention_dropout": Range(0, 1, high_open=True),
+    }
+
     def validate(self) -> "ModelConfig":
         from nemo_erprm.nemo.config import FAMILIES
 
@@ -94,9 +106,6 @@ class ModelConfig:
             raise ConfigError(f"model.fp8_recipe must be one of {FP8_RECIPES}, got {self.fp8_recipe!r}")
         if self.recompute not in RECOMPUTE:
             raise ConfigError(f"model.recompute must be one of {sorted(RECOMPUTE)}, got {self.recompute!r}")
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1")
         if self.virtual_pipeline_model_parallel_size and self.pipeline_model_parallel_size < 2:
             raise ConfigError("model.virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size >= 2")
         if self.sequence_parallel and self.tensor_model_parallel_size < 2:

@@ -7,16 +7,16 @@ weights and tokenizer come from), ``data``, ``optim``, ``trainer``, ``logging``,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from nemo_erprm.data.collate import PAD_TO
 from nemo_erprm.errors import ConfigError
-from nemo_erprm.yaml_config import load_structured
+from nemo_erprm.jsonl import check_utf8
+from nemo_erprm.yaml_config import Range, check_numbers, load_structured
 from nemo_erprm.nemo.model_config import ModelConfig
 
 
@@ -56,6 +56,11 @@ class DataConfig:
     num_proc: Optional[int] = None  # tokenization workers
     shuffle: bool = True
 
+    NUMBER_RANGES: ClassVar[dict[str, Range]] = {
+        "val_fraction": Range(0, 1, high_open=True), "micro_batch_size": Range(1), "global_batch_size": Range(1),
+        "num_workers": Range(0), "num_proc": Range(1, note="null: one process"),
+    }  # eta: any number, .inf / -.inf included
+
 
 @dataclass
 class OptimConfig:
@@ -80,6 +85,13 @@ class OptimConfig:
     # default (40M, or 1M x DP). Each bucket is one overlapped reduce-scatter / all-gather.
     ddp_bucket_size: Optional[int] = None
 
+    NUMBER_RANGES: ClassVar[dict[str, Range]] = {  # min_lr <= lr: TrainConfig.validate
+        "lr": Range(0, low_open=True), "min_lr": Range(0), "weight_decay": Range(0),
+        "adam_beta1": Range(0, 1, high_open=True), "adam_beta2": Range(0, 1, high_open=True),
+        "clip_grad": Range(0, note="0: no clipping"), "warmup_ratio": Range(0, 1, high_open=True),
+        "ddp_bucket_size": Range(1, note="null: megatron's default"),
+    }
+
 
 @dataclass
 class TrainerConfig:
@@ -94,6 +106,14 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     stop_after_steps: Optional[int] = None  # end this invocation after k steps, with a checkpoint
     validate_only: bool = False  # evaluate `model.init_from` on the held-out split, no training
+
+    NUMBER_RANGES: ClassVar[dict[str, Range]] = {
+        "max_epochs": Range(0, low_open=True), "max_steps": Range(1, note="null: trainer.max_epochs sets the length"),
+        "val_check_interval": Range(1), "limit_val_batches": Range(0, note="null: the whole held-out split"),
+        "checkpoint_every_n_steps": Range(1), "keep_checkpoints": Range(-1, note="-1: all"),
+        "devices": Range(1, note="null: tp*pp on CPU, every visible GPU"), "num_nodes": Range(1),
+        "log_every_n_steps": Range(1), "stop_after_steps": Range(1, note="null: run to the end"),
+    }
 
 
 @dataclass
@@ -123,6 +143,7 @@ class TrainConfig:
         return Path(self.run.output_dir) / self.run.name
 
     def validate(self) -> "TrainConfig":
+        check_numbers(self)  # load_structured checked a loaded config; this one may be built in code
         if self.model.init_from is None and self.model.tokenizer is None:
             raise ConfigError("model: set init_from (a PRM checkpoint) or tokenizer (random init)")
         if self.model.init_from is not None and not Path(self.model.init_from).is_dir():
@@ -131,21 +152,18 @@ class TrainConfig:
             raise ConfigError(f"data.train: {self.data.train} does not exist")
         if self.data.validation is not None and not Path(self.data.validation).exists():
             raise ConfigError(f"data.validation: {self.data.validation} does not exist")
-        if not 0.0 <= self.data.val_fraction < 1.0:
-            raise ConfigError("data.val_fraction must be in [0, 1)")
-        d = self.data
-        if d.micro_batch_size < 1 or d.global_batch_size < 1:
-            raise ConfigError(f"data.micro_batch_size={d.micro_batch_size} and data.global_batch_size="
-                              f"{d.global_batch_size} must be at least 1")
+        for key in ("train", "validation"):  # read before the run folder is written; datasets reads them later
+            if getattr(self.data, key) is not None:
+                check_utf8(getattr(self.data, key))
+        d = self.data  # ranges of single numbers: NUMBER_RANGES, checked by load_structured
         if d.global_batch_size % d.micro_batch_size:
             raise ConfigError(f"data.global_batch_size={d.global_batch_size} must be a multiple of "
                               f"data.micro_batch_size={d.micro_batch_size}")
         if d.pad_to not in PAD_TO:
             raise ConfigError(f"data.pad_to={d.pad_to!r}: must be one of {', '.join(PAD_TO)}")
-        if math.isnan(d.eta):
-            raise ConfigError("data.eta=nan: must be a number (.inf / -.inf allowed)")
-        if self.optim.lr <= 0 or not 0.0 <= self.optim.warmup_ratio < 1.0:
-            raise ConfigError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError(f"optim.min_lr={self.optim.min_lr}: must be <= optim.lr={self.optim.lr} (the cosine "
+                              "decays from lr to min_lr)")
         if self.optim.overlap_param_gather and self.optim.distributed_optimizer is False:
             raise ConfigError("optim.overlap_param_gather needs optim.distributed_optimizer=true")
         self.model.validate()  # after the checks above: it imports NeMo (~15 s)
