@@ -5,16 +5,26 @@ Run in the serving environment (``.venv-serve/bin/python``: PyTriton's client), 
 ``tools/serve_prm.py --protocol aligner`` (``--aligner-url``) and ``--protocol http``
 (``--http-url``, no token) serving the same PRM with the same ``--response-marker``:
 
-1. reference rewards: ``POST /score`` with (prompt, response) apart;
-2. NeMo-Aligner's call, exactly as its actor makes it (``reward_critic_clients.py`` +
+The actor's text is ``prompt + response``: with ``--chat-template`` the prompt is the actor
+tokenizer's chat template around the raw question (its generation prompt must end with the
+marker) and the response ends with its eos, as a chat actor generates; else question + marker.
+
+1. reference rewards: ``POST /score`` with the raw question and the response apart;
+2. (``--refusal-check``) a first batch in which the marker occurs in no row must fail with an
+   error naming the marker (not answer every row with the fallback);
+3. NeMo-Aligner's call, exactly as its actor makes it (``reward_critic_clients.py`` +
    ``http_communicator.py``): ``FuturesModelClient(url, "reward_model").infer_batch(tokens=,
    sequence_lengths=)``, tokens int64 [B, pad_to_length] right-padded with 0, lengths int64
-   [B, 1]; ``rewards`` must be float32 [B, 1] equal to /score, for each ``--batch-sizes``;
-3. load: ``--rounds`` rollout batches in flight at once (futures), ``--poison`` of the rows
+   [B, 1]; ``rewards`` must be float32 [B, 1] equal to /score within ``--tol``, for each
+   ``--batch-sizes``; so must OpenRLHF's ``/get_reward`` (with and without ``prompts``) and
+   ``/score`` given the templated prompt;
+4. load: ``--rounds`` rollout batches in flight at once (futures), ``--poison`` of the rows
    poisoned (no marker, the step tag, longer than the PRM, a length outside the row), and
    OpenRLHF v0.11.0-style single-sample ``POST /get_reward`` requests from threads, poisoned
    alike. Every batch and request must succeed, poisoned rows get the fallback, the others
-   exactly their reference reward.
+   exactly their reference reward;
+5. (``--flood N``) one batch of N rows without the marker: every row gets the fallback (the
+   servers' fallback-rate alarm is what the caller checks in their logs).
 
 Prints and writes (``--out``) a JSON summary; exit 1 when a check fails.
 """
@@ -53,18 +63,38 @@ def clean_samples(n: int, rng: random.Random) -> list[tuple[str, str]]:
     return out
 
 
-def aligner_batch(tok, marker: str, samples, poison: dict[int, str]) -> dict[str, np.ndarray]:
+class Actor:
+    """What the actor sends: its prompt for a question, and its generation's end."""
+
+    def __init__(self, tok, marker: str, chat_template: bool):
+        self.tok, self.marker, self.chat_template = tok, marker, chat_template
+        self.eos = (tok.eos_token or "") if chat_template else ""
+        if chat_template and not self.prompt("Q").endswith(marker):
+            raise SystemExit(f"the actor's chat template does not end its prompt with the marker {marker!r}: "
+                             f"{self.prompt('Q')!r}")
+
+    def prompt(self, question: str) -> str:
+        if not self.chat_template:
+            return question + self.marker
+        return self.tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                            add_generation_prompt=True)
+
+    def text(self, question: str, response: str) -> str:
+        return self.prompt(question) + response + self.eos
+
+
+def aligner_batch(actor: Actor, samples, poison: dict[int, str]) -> dict[str, np.ndarray]:
     rows = []
     for i, (q, r) in enumerate(samples):
         kind = poison.get(i)
-        text = q + marker + r
+        text = actor.text(q, r)
         if kind == "no_marker":
             text = q + "\n" + r
         elif kind == "step_tag":
-            text = q + marker + "A step \u043a\u0438 holding the tag.\n" + r
+            text = actor.text(q, "A step \u043a\u0438 holding the tag.\n" + r)
         elif kind == "too_long":
-            text = q + marker + "\n".join(f"Step {k}: nothing new is learned here." for k in range(120))
-        rows.append(tok(text, add_special_tokens=False)["input_ids"])
+            text = actor.text(q, "\n".join(f"Step {k}: nothing new is learned here." for k in range(120)))
+        rows.append(actor.tok(text, add_special_tokens=False)["input_ids"])
     width = max(map(len, rows))
     tokens = np.zeros((len(rows), width), dtype=np.int64)  # right-padded with 0, as pad_to_length does
     for i, row in enumerate(rows):
@@ -87,7 +117,11 @@ def main(argv=None) -> int:
     p.add_argument("--rollout-batch", type=int, default=16)
     p.add_argument("--http-requests", type=int, default=80)
     p.add_argument("--poison", type=float, default=0.05)
-    p.add_argument("--fallback", type=float, default=0.0, help="the servers' --fallback-reward")
+    p.add_argument("--chat-template", action="store_true", help="the actor's prompt is its tokenizer's chat template")
+    p.add_argument("--refusal-check", action="store_true",
+                   help="first send a batch without the marker: it must be refused with an error naming the marker")
+    p.add_argument("--flood", type=int, default=0, help="finally send a batch of this many rows without the marker")
+    p.add_argument("--fallback", type=float, help="the servers' fallback reward (default: read from /health)")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
@@ -97,7 +131,13 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     rng = random.Random(args.seed)
-    tok = AutoTokenizer.from_pretrained(args.actor_tokenizer)
+    actor = Actor(AutoTokenizer.from_pretrained(args.actor_tokenizer), args.marker, args.chat_template)
+    if args.fallback is None:
+        with urllib.request.urlopen(args.http_url + "/health", timeout=60) as r:
+            args.fallback = json.loads(r.read()).get("fallback_reward")
+    if args.fallback is None:  # a server from before /health named it
+        with urllib.request.urlopen(args.http_url + "/metrics", timeout=60) as r:
+            args.fallback = json.loads(r.read())["unscorable"]["fallback_reward"]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     pool = clean_samples(max(sizes + [args.rollout_batch, 64]), rng)
     ref = [r["reward"] for r in post(args.http_url, "/score",
@@ -106,15 +146,34 @@ def main(argv=None) -> int:
     # NeMo-Aligner's HTTPCommunicator: one FuturesModelClient per server, inference_timeout_s=600000
     with FuturesModelClient(args.aligner_url, "reward_model", init_timeout_s=120,
                             inference_timeout_s=600000) as client:
+        if args.refusal_check:
+            try:
+                client.infer_batch(**aligner_batch(actor, pool[:4], {i: "no_marker" for i in range(4)})).result()
+                summary["refusal"] = {"refused": False}
+                summary["failures"].append("a first batch without the marker was answered, not refused")
+            except Exception as e:  # what the PPO actor's future.result() raises
+                summary["refusal"] = {"refused": True, "error": f"{type(e).__name__}: {e}"[-600:]}
+                if "response marker" not in str(e):
+                    summary["failures"].append(f"the refusal does not name the response marker: {e}")
         for b in sizes:
             start = time.perf_counter()
-            out = client.infer_batch(**aligner_batch(tok, args.marker, pool[:b], {})).result()
+            out = client.infer_batch(**aligner_batch(actor, pool[:b], {})).result()
             rewards = out["rewards"]
             diff = float(np.abs(rewards[:, 0] - np.asarray(ref[:b], dtype=np.float32)).max())
+            texts = [actor.text(q, r) for q, r in pool[:b]]
+            http = {"get_reward_prompts": post(args.http_url, "/get_reward", {
+                        "query": texts, "prompts": [actor.prompt(q) for q, _ in pool[:b]]})["rewards"],
+                    "get_reward_marker": post(args.http_url, "/get_reward", {"query": texts})["rewards"],
+                    "score_templated_prompt": [x["reward"] for x in post(args.http_url, "/score", {"items": [
+                        {"prompt": actor.prompt(q), "response": r + actor.eos} for q, r in pool[:b]]})["results"]]}
+            http_diff = {k: float(np.abs(np.asarray(v) - np.asarray(ref[:b])).max()) for k, v in http.items()}
             summary["equality"][str(b)] = {"shape": list(rewards.shape), "dtype": str(rewards.dtype),
-                                           "max_abs_diff": diff, "seconds": round(time.perf_counter() - start, 3)}
+                                           "max_abs_diff": diff, "http_max_abs_diff": http_diff,
+                                           "seconds": round(time.perf_counter() - start, 3)}
             if rewards.shape != (b, 1) or rewards.dtype != np.float32 or diff > args.tol:
                 summary["failures"].append(f"aligner B={b}: shape {rewards.shape} {rewards.dtype} diff {diff}")
+            if max(http_diff.values()) > args.tol:
+                summary["failures"].append(f"http B={b}: differs from /score with the raw question: {http_diff}")
 
         # load: rounds in flight at once, poisoned rows mixed in
         start = time.perf_counter()
@@ -125,7 +184,7 @@ def main(argv=None) -> int:
         for n in range(args.rounds):
             idx = rng.sample(range(len(pool)), args.rollout_batch)
             poison = {i: kinds[n * args.rollout_batch + i] for i in range(len(idx)) if n * args.rollout_batch + i in kinds}
-            feed = aligner_batch(tok, args.marker, [pool[i] for i in idx], poison)
+            feed = aligner_batch(actor, [pool[i] for i in idx], poison)
             jobs.append((idx, poison, client.infer_batch(**feed)))
         failed, poisoned, wrong = 0, 0, 0
         for idx, poison, fut in jobs:
@@ -144,6 +203,14 @@ def main(argv=None) -> int:
                                    "seconds": round(time.perf_counter() - start, 3)}
         if wrong:
             summary["failures"].append(f"aligner load: {wrong} rewards differ from their reference")
+        if args.flood:
+            flood = [pool[i % len(pool)] for i in range(args.flood)]
+            got = client.infer_batch(**aligner_batch(actor, flood, {i: "no_marker" for i in range(args.flood)})
+                                     ).result()["rewards"][:, 0]
+            fallbacks = int(np.sum(np.abs(got - args.fallback) <= args.tol))
+            summary["flood"] = {"rows": args.flood, "fallback_rows": fallbacks}
+            if summary["flood"]["fallback_rows"] != args.flood:
+                summary["failures"].append(f"flood: {summary['flood']}")
 
     # OpenRLHF v0.11.0: one sample per POST /get_reward, no auth header
     bad_requests = set(rng.sample(range(args.http_requests), max(1, round(args.poison * args.http_requests))
@@ -153,9 +220,9 @@ def main(argv=None) -> int:
         i = k % len(pool)
         q, r = pool[i]
         bad = k in bad_requests
-        query = (q + "\nunrelated text with no step") if bad else (q + args.marker + r + "<|im_end|>")
+        query = (q + "\nunrelated text with no step") if bad else (actor.prompt(q) + r + "<|im_end|>")
         try:
-            out = post(args.http_url, "/get_reward", {"query": [query], "prompts": [q + args.marker], "labels": [""]})
+            out = post(args.http_url, "/get_reward", {"query": [query], "prompts": [actor.prompt(q)], "labels": [""]})
         except Exception as e:
             return "failed", f"{type(e).__name__}: {e}"
         want = args.fallback if bad else ref[i]

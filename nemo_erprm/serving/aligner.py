@@ -12,12 +12,15 @@ call, and the scorer cuts it into ``--max-batch`` micro-batches itself. The acto
 are decoded with the actor's tokenizer and re-tokenized by the PRM; the prompt/response
 boundary is the service's ``response_marker``. A row that cannot be scored (no marker, too
 long, the step tag in it, a length outside the row) gets the fallback reward: the actor's
-``future.result()`` must never raise because of one sample.
+``future.result()`` must never raise because of one sample. It does raise, with the reason,
+for a batch in which the marker occurs in no row while it was never found before
+(:meth:`RewardService.split_batch`): a wrong marker must stop PPO, not feed it a constant.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import sysconfig
 from typing import Any, Optional, Union
 
@@ -61,17 +64,14 @@ class AlignerRewardModel:
         return out
 
     def infer(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        field = "sentences" if inputs.get("sentences") is not None else "tokens"
         items: list[Item] = []
-        for i, text in enumerate(self.texts(inputs)):
-            if isinstance(text, Unscorable):
-                items.append(text)
+        for i, split in enumerate(self.service.split_batch(self.texts(inputs), field)):
+            if isinstance(split, Unscorable):
+                items.append(split)
                 continue
-            try:
-                prompt, response = self.service.split_text(text, f"sample[{i}]")
-            except Unscorable as u:
-                items.append(u)
-                continue
-            items.append(self.service.item_or_unscorable(prompt, response=response, field=f"sample[{i}]"))
+            prompt, response = split
+            items.append(self.service.item_or_unscorable(prompt, response=response, field=f"{field}[{i}]"))
         rewards = [r.reward for r in self.service.score_items(items)]
         return {"rewards": np.asarray(rewards, dtype=np.float32).reshape(-1, 1)}
 
@@ -92,8 +92,10 @@ def _libpython_for_the_stub() -> None:
 
 def serve_pytriton(model: AlignerRewardModel, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                    name: str = MODEL_NAME, max_batch: int = MAX_BATCH, max_queue_delay_us: int = 2000,
-                   ready: Optional[Any] = None) -> None:
-    """Serve ``model`` until interrupted; ``ready()`` is called once the model is loaded."""
+                   ready: Optional[Any] = None, triton_log: Optional[str] = None) -> None:
+    """Serve ``model`` until interrupted; ``ready()`` is called once the model is loaded.
+    ``triton_log``: the file for Triton's own log (its ~50 start-up lines, a CUDA error line
+    on a CPU machine among them); ``None`` leaves it on the console."""
     try:
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -107,7 +109,8 @@ def serve_pytriton(model: AlignerRewardModel, host: str = "127.0.0.1", port: int
     def infer_fn(**inputs):
         return model.infer(**inputs)
 
-    config = TritonConfig(http_address=host, http_port=port, allow_grpc=False, allow_metrics=False)
+    config = TritonConfig(http_address=host, http_port=port, allow_grpc=False, allow_metrics=False,
+                          **({"log_file": pathlib.Path(triton_log)} if triton_log else {}))
     with Triton(config=config) as triton:
         triton.bind(
             model_name=name, infer_func=infer_fn,

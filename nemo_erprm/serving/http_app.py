@@ -7,19 +7,25 @@
   "prompts": [prompt], "labels": [...]}`` -> ``{"rewards": [...], "scores": [...],
   "extra_logs": {"num_steps": [...], "min_step_score": [...]}}``. The response is the part of
   each query after its prompt (or after ``--response-marker`` when no prompts are sent).
-- ``GET /health``; ``GET /metrics`` (requests, batch sizes, latency percentiles, and ``http``:
-  every answered request by status, refused and failed ones included).
+- ``GET /health``; ``GET /metrics`` (requests, batch sizes, latency percentiles, ``http``:
+  every answered request by status, refused and failed ones included, and ``unscorable``:
+  fallback rewards by reason, ``recent`` the fallback rate over the last samples).
 
-Safety: bearer token (``Authorization: Bearer ...``) when configured; body size, items per
-request and text length limits (413); malformed input -> 4xx with ``{"error", "field"}``;
-a full queue -> 503, a missed deadline -> 504; shutdown drains accepted requests.
+Safety: bearer token (``Authorization: Bearer ...``, the scheme in any case) on scoring and
+``/metrics`` when configured (``/health`` stays open for probes); body size, items per request
+and text length limits (413); malformed input -> 4xx with ``{"error", "field"}``; a full queue
+-> 503, a missed deadline -> 504; shutdown drains accepted requests. Requests are parsed
+(prompt matching, question extraction, token counts) in worker threads, the lengths checked
+first, so one large request never stalls the event loop and the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -29,6 +35,7 @@ from nemo_erprm.serving.batcher import BatcherConfig, DynamicBatcher, Overloaded
 from nemo_erprm.serving.service import Item, RequestError, RewardService, Unscorable
 
 access_log = logging.getLogger("nemo_erprm.serving.access")  # one line per request (serve_prm.py shows it)
+PARSE_THREADS = 2  # request parsing off the event loop; the model runs in the loop's default executor
 
 
 @dataclass
@@ -99,8 +106,10 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
         batcher = DynamicBatcher(service.score_items, batcher_config)
         batcher.start()
         state["batcher"] = batcher
+        state["parse_pool"] = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
         yield
         await batcher.drain()  # graceful shutdown: answer what was accepted
+        state["parse_pool"].shutdown(wait=False)
 
     app = FastAPI(title="nemo-erprm reward service", lifespan=lifespan)
     counters = HTTPCounters()
@@ -116,11 +125,21 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
                         (time.perf_counter() - start) * 1000)
         return response
 
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # RFC 9110: the scheme is case-insensitive ("bearer" is "Bearer")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestError("authorization", "missing or wrong bearer token", status=401)
+
+    async def off_loop(fn, *args):
+        """``fn(*args)`` in a parse thread: prompt matching and tokenization of a large request
+        must not hold the event loop (every other request would wait)."""
+        return await asyncio.get_running_loop().run_in_executor(state["parse_pool"], fn, *args)
+
     async def read_json(request: Request) -> Any:
-        if token is not None:
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-                raise RequestError("authorization", "missing or wrong bearer token", status=401)
+        check_token(request)
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
             raise RequestError("body", f"larger than {limits.max_body_bytes} bytes", status=413)
@@ -141,9 +160,10 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
         if len(prompt) + len(response) > limits.max_chars:
             raise Unscorable("too_long", field, f"longer than {limits.max_chars} characters", status=413)
 
-    async def score(items: list[tuple[str, list[str]]]):
+    async def score(items: list[Item]):
         batcher: DynamicBatcher = state["batcher"]
-        return await batcher.submit(items, [service.count_tokens(it) for it in items])
+        tokens = await off_loop(lambda: [service.count_tokens(it) for it in items])
+        return await batcher.submit(items, tokens)
 
     def parse_score_item(obj: Any, where: str) -> Item:
         """A well-formed item, or the :class:`Unscorable` that answers it with the fallback
@@ -166,6 +186,33 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
         except Unscorable as u:
             return u
         return service.item_or_unscorable(prompt, response=response, field=f"{where}response")
+
+    def openrlhf_items(queries: list[str], prompts: Optional[list[str]]) -> list[Item]:
+        """One item per query; one unscorable query gets the fallback reward, never a failed
+        request. Lengths are checked before the prompt is matched (bounded work)."""
+        if prompts is None:  # split at the marker (a batch without it anywhere is refused)
+            splits: list[Any] = service.split_batch(queries, "query")
+        else:
+            splits = []
+            for i, (q, p) in enumerate(zip(queries, prompts)):
+                try:
+                    check_len(q, "", f"query[{i}]")
+                    check_len(p, "", f"prompts[{i}]")
+                    splits.append(service.split_query(q, p, f"query[{i}]"))
+                except Unscorable as u:
+                    splits.append(u)
+        items: list[Item] = []
+        for i, split in enumerate(splits):
+            if isinstance(split, Unscorable):
+                items.append(split)
+                continue
+            try:
+                check_len(*split, f"query[{i}]")
+            except Unscorable as u:
+                items.append(u)
+                continue
+            items.append(service.item_or_unscorable(split[0], response=split[1], field=f"query[{i}]"))
+        return items
 
     async def guarded(handler, request: Request):
         try:
@@ -190,9 +237,9 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
                     raise RequestError("items", "must be a non-empty list")
                 if len(raw) > limits.max_items:
                     raise RequestError("items", f"more than {limits.max_items} items", status=413)
-                items = [parse_score_item(x, f"items[{i}].") for i, x in enumerate(raw)]
+                items = await off_loop(lambda: [parse_score_item(x, f"items[{i}].") for i, x in enumerate(raw)])
                 return {"results": [vars(r) for r in await score(items)]}
-            (result,) = await score([parse_score_item(body, "")])
+            (result,) = await score([await off_loop(parse_score_item, body, "")])
             return vars(result)
 
         return await guarded(handle, request)
@@ -211,19 +258,7 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
             if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(queries)
                                         or not all(isinstance(p, str) for p in prompts)):
                 raise RequestError("prompts", "must be a list of strings, one per query")
-            items = []
-            for i, q in enumerate(queries):
-                try:  # one unscorable query gets the fallback reward, never a failed request
-                    if prompts is not None:
-                        prompt, response = service.split_query(q, prompts[i], f"query[{i}]")
-                    else:
-                        prompt, response = service.split_text(q, f"query[{i}]")
-                    check_len(prompt, response, f"query[{i}]")
-                except Unscorable as u:
-                    items.append(u)
-                    continue
-                items.append(service.item_or_unscorable(prompt, response=response, field=f"query[{i}]"))
-            results = await score(items)
+            results = await score(await off_loop(openrlhf_items, queries, prompts))
             rewards = [r.reward for r in results]
             return {"rewards": rewards, "scores": rewards,
                     "extra_logs": {"num_steps": [len(r.steps) for r in results],
@@ -235,12 +270,16 @@ def build_app(service: RewardService, batcher_config: BatcherConfig, token: Opti
     @app.get("/health")
     async def health():
         return {"status": "ok", "step_tag": service.scorer.step_tag, "aggregation": service.config.aggregation,
-                "transform": service.config.transform}
+                "transform": service.config.transform, "fallback_reward": service.fallback}
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
         # "errors"/"rejected" count model batches that failed and full-queue refusals; "http"
         # counts every answered request, the 4xx refused before reaching the model included
+        try:
+            check_token(request)
+        except RequestError as e:
+            return _error(e.status, e.message, e.field)
         return {**state["batcher"].stats.snapshot(), "http": counters.snapshot(),
                 "unscorable": service.unscorable_snapshot()}
 

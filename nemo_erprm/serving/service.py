@@ -11,8 +11,12 @@ step tags anyway), so actor and PRM tokenizers may differ.
 One bad sample never fails a batch: a sample that cannot be scored (no response marker,
 too long, no steps, the step tag inside its text, a prompt that its query does not continue,
 or the model failing on it alone) is an :class:`Unscorable`; it gets the fallback reward
-(``RewardConfig.fallback_reward``, by default the floor: the reward of an empty response), is
-counted by reason (``RewardService.unscorable``, in ``/metrics``) and logged with its reason.
+(``RewardConfig.fallback_reward``, by default the floor: the reward of an empty response, never
+above it), is counted by reason (``RewardService.unscorable``, in ``/metrics``) and logged with
+its reason. A misconfiguration that makes most samples unscorable is not silent: the fallback
+rate over the last samples is watched (:mod:`.fallback_monitor`, a loud warning above
+``fallback_alarm``), and a batch split at the response marker in which the marker occurs in no
+sample, before the marker was ever found, is refused (:class:`MarkerNotFound`).
 RL inputs are cleaned first (:mod:`.rollout_text`): trailing end strings are stripped, and the
 raw question is taken out of a chat-templated prompt.
 """
@@ -28,6 +32,7 @@ from typing import Any, Optional, Sequence, Union
 from nemo_erprm.errors import ERPRMError
 from nemo_erprm.eval.aggregate import AGGREGATIONS, aggregate
 from nemo_erprm.labeling.segmentation import SegmentationConfig, StepTagError, split_steps
+from nemo_erprm.serving.fallback_monitor import FallbackMonitor
 from nemo_erprm.serving.rollout_text import QuestionExtractor, split_at_prompt, strip_end_strings
 
 TRANSFORMS = ("none", "minus_half", "logit")
@@ -51,6 +56,12 @@ class Unscorable(RequestError):
         self.reason = reason
 
 
+class MarkerNotFound(RequestError):
+    """The response marker occurs in no sample of a batch, and was never found before: the
+    server's marker is wrong (e.g. a literal backslash-n), so the batch is refused rather than
+    answered with a constant fallback reward."""
+
+
 UNSCORABLE_REASONS = ("no_marker", "prompt_mismatch", "step_tag", "too_long", "no_steps", "empty_prompt",
                       "bad_length", "no_question", "scoring_error")
 Item = Union[tuple[str, list[str]], Unscorable]
@@ -66,6 +77,8 @@ class RewardConfig:
     fallback_reward: Optional[float] = None  # reward of an unscorable sample (None: the floor)
     end_strings: tuple[str, ...] = ()  # stripped from the end of every response
     prompt_regex: Optional[str] = None  # group "question" (or 1): the raw question in a templated prompt
+    fallback_window: int = 256  # samples over which the fallback rate is watched
+    fallback_alarm: float = 0.5  # a fallback rate above this over the window: a loud warning
 
     def validate(self) -> "RewardConfig":
         if self.fallback_reward is not None and not math.isfinite(self.fallback_reward):
@@ -74,6 +87,14 @@ class RewardConfig:
             raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}")
+        floor = floor_reward(self.transform)
+        if self.fallback_reward is not None and self.fallback_reward > floor:
+            raise ValueError(f"fallback reward {self.fallback_reward} is above the floor {floor:g} (the reward of an "
+                             f"empty response with --transform {self.transform}): an unscorable sample must never "
+                             "earn more than a scored one")
+        if self.fallback_window < 1 or not 0.0 <= self.fallback_alarm <= 1.0:
+            raise ValueError(f"fallback window must be >= 1 and the fallback alarm rate in [0, 1], got "
+                             f"{self.fallback_window}, {self.fallback_alarm}")
         return self
 
 
@@ -95,6 +116,12 @@ def transform_reward(score: float, how: str) -> float:
     return score
 
 
+def floor_reward(transform: str) -> float:
+    """The lowest reward a scored sample can get (a step score of 0, transformed): the reward
+    of an empty response and the default fallback. The one definition of the floor."""
+    return transform_reward(0.0, transform)
+
+
 class RewardService:
     """Turns (prompt, response) into steps and a reward with a step scorer (synchronous; the
     HTTP layer batches many requests into one ``score_items`` call)."""
@@ -104,11 +131,13 @@ class RewardService:
         self.segmentation = SegmentationConfig(rule=config.segmentation_rule, min_chars=config.min_step_chars,
                                                step_tag=scorer.step_tag)
         self.tokenizer = getattr(scorer, "tokenizer", None)
-        self.question_of = QuestionExtractor(config.prompt_regex, actor_tokenizer)
+        self.question_of = QuestionExtractor(config.prompt_regex, actor_tokenizer, config.response_marker)
         self.fallback = (config.fallback_reward if config.fallback_reward is not None
-                         else transform_reward(0.0, config.transform))
+                         else floor_reward(config.transform))
         self.unscorable: dict[str, int] = {}
         self._count_lock = threading.Lock()  # counted from the event loop and the model thread
+        self.monitor = FallbackMonitor(config.fallback_window, config.fallback_alarm, self.fallback, log)
+        self.marker_found = False  # the response marker occurred in one sample at least
 
     def split_text(self, text: str, field: str, prompt_length: Optional[int] = None) -> tuple[str, str]:
         if prompt_length is not None:
@@ -122,7 +151,35 @@ class RewardService:
         at = text.rfind(marker)
         if at < 0:
             raise Unscorable("no_marker", field, f"the response marker {marker!r} does not occur in the text")
+        self.marker_found = True
         return text[:at], text[at + len(marker):]
+
+    def split_batch(self, texts: Sequence[Union[str, Unscorable]],
+                    field: str) -> list[Union[tuple[str, str], Unscorable]]:
+        """Each text (``field[i]``) split at the response marker, or its :class:`Unscorable`.
+        Until the marker has been found in one sample, a batch in which it occurs in no text
+        is refused (:class:`MarkerNotFound`, logged): a wrong ``--response-marker`` would
+        otherwise answer every sample with the fallback reward, and RL train on a constant."""
+        out: list[Union[tuple[str, str], Unscorable]] = []
+        for i, text in enumerate(texts):
+            if isinstance(text, Unscorable):
+                out.append(text)
+                continue
+            try:
+                out.append(self.split_text(text, f"{field}[{i}]"))
+            except Unscorable as u:
+                out.append(u)
+        tried = [t for t in texts if not isinstance(t, Unscorable)]
+        if tried and not self.marker_found:
+            marker = self.config.response_marker
+            error = MarkerNotFound(
+                field, f"the response marker {marker!r} occurs in none of the {len(tried)} samples of this batch, nor "
+                       f"in any sample before: refusing to answer them all with the fallback reward {self.fallback}. "
+                       "Check --response-marker against the text the actor sends (backslash escapes such as \\n are "
+                       f"understood); the first sample begins {tried[0][:160]!r}")
+            log.error("%s", error)
+            raise error
+        return out
 
     def split_query(self, query: str, prompt: str, field: str) -> tuple[str, str]:
         """(prompt, response) of a query that should continue ``prompt`` (OpenRLHF): the exact
@@ -130,6 +187,7 @@ class RewardService:
         response marker; the full prompt is kept for the question."""
         marker = self.config.response_marker
         # a prompt that ends with the assistant header (the marker): the question is before it
+        # (QuestionExtractor knows the marker: a template's tail cut there still matches)
         question = prompt[: prompt.rfind(marker)] if marker and marker in prompt else prompt
         at = split_at_prompt(query, prompt)
         if at is not None:
@@ -184,7 +242,7 @@ class RewardService:
 
     def reward_of(self, step_scores: Sequence[float]) -> float:
         if not step_scores:
-            return transform_reward(0.0, self.config.transform)  # an empty response earns the floor
+            return floor_reward(self.config.transform)  # an empty response earns the floor
         return transform_reward(aggregate(step_scores, self.config.aggregation), self.config.transform)
 
     def note_unscorable(self, u: Unscorable) -> Scored:
@@ -197,7 +255,8 @@ class RewardService:
     def unscorable_snapshot(self) -> dict[str, Any]:
         with self._count_lock:
             counts = dict(sorted(self.unscorable.items()))
-        return {"total": sum(counts.values()), "by_reason": counts, "fallback_reward": self.fallback}
+        return {"total": sum(counts.values()), "by_reason": counts, "fallback_reward": self.fallback,
+                "recent": self.monitor.snapshot()}
 
     def _score_isolated(self, items: list[tuple[str, list[str]]]) -> list[Union[list[float], Unscorable]]:
         """Step scores of ``items`` in one batch; if the batch fails, item by item, so that only
@@ -227,4 +286,5 @@ class RewardService:
             for i, s in zip(todo, self._score_isolated([items[i] for i in todo])):
                 out[i] = (self.note_unscorable(s) if isinstance(s, Unscorable)
                           else Scored(list(items[i][1]), list(s), self.reward_of(s)))
+        self.monitor.record([o.unscorable for o in out])  # type: ignore[union-attr]
         return out  # type: ignore[return-value]

@@ -19,9 +19,12 @@ sends those in one ``/score`` request. ``solution_str`` is decoded with
 ``skip_special_tokens=True`` (no end strings left). The question comes from ``extra_info``
 (``question``, ``problem``, ``prompt``, ``raw_prompt``); verl's gsm8k preprocessing puts
 ``question`` there, its ``math_dataset.py`` does not: map :func:`add_question` over such a
-dataset. A sample without a question, or one the service cannot score, gets the fallback
-reward (``ERPRM_FALLBACK_REWARD``, default 0.0) and a logged warning, never an exception: a
-raise here stops the PPO step.
+dataset. A sample without a question, or one the service cannot score, gets the service's
+fallback reward (its ``--fallback-reward``, by default the floor: -0.5 with ``--transform
+minus_half``, never above the floor) and a logged warning, never an exception: a raise here
+stops the PPO step. A sample without a question is sent with an empty prompt, so the service
+answers it (``empty_prompt``): one source for the fallback, counted in the service's
+``/metrics`` and its fallback-rate alarm like every other unscorable sample.
 """
 
 from __future__ import annotations
@@ -57,10 +60,6 @@ def add_question(example: dict) -> dict:
     return {**example, "extra_info": extra}
 
 
-def _fallback() -> float:
-    return float(os.environ.get("ERPRM_FALLBACK_REWARD", "0.0"))
-
-
 def _post(items: list[dict], timeout_s: float) -> list[dict]:
     url = os.environ.get("ERPRM_REWARD_URL", "http://127.0.0.1:8000").rstrip("/") + "/score"
     headers = {"Content-Type": "application/json"}
@@ -74,21 +73,19 @@ def _post(items: list[dict], timeout_s: float) -> list[dict]:
 def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str], ground_truths: Sequence[Any] = (),
                         extra_infos: Sequence[Optional[dict]] = (), timeout_s: float = 600.0,
                         max_items: int = 256, **_: Any) -> list[float]:
-    """One reward per solution (verl's batch reward manager); unscorable ones get the fallback."""
+    """One reward per solution (verl's batch reward manager); unscorable ones get the
+    service's fallback."""
     extra_infos = list(extra_infos) or [None] * len(solution_strs)
-    rewards = [_fallback()] * len(solution_strs)
-    todo = []
+    items = []
     for i, (solution, info) in enumerate(zip(solution_strs, extra_infos)):
         question = _question(info)
-        if question is None:
-            log.warning("verl sample %d: no question in extra_info (%s) -> fallback reward %s", i,
-                        "/".join(QUESTION_KEYS), rewards[i])
-            continue
-        todo.append((i, {"prompt": question, "response": solution}))
-    for start in range(0, len(todo), max_items):  # the service's --max-items per request
-        chunk = todo[start: start + max_items]
-        for (i, _), result in zip(chunk, _post([item for _, item in chunk], timeout_s)):
-            rewards[i] = float(result["reward"])
+        if question is None:  # the service answers it with its fallback (reason empty_prompt)
+            log.warning("verl sample %d: no question in extra_info (%s) -> the service's fallback reward", i,
+                        "/".join(QUESTION_KEYS))
+        items.append({"prompt": question or "", "response": solution})
+    rewards: list[float] = []
+    for start in range(0, len(items), max_items):  # the service's --max-items per request
+        rewards.extend(float(r["reward"]) for r in _post(items[start: start + max_items], timeout_s))
     return rewards
 
 

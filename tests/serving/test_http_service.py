@@ -1,8 +1,12 @@
 """The HTTP reward service on a free loopback port with a tiny PRM: scores equal direct model
 calls, OpenRLHF payloads round-trip, bad requests get 4xx naming the field, the bearer token
-is enforced, a bounded load test loses nothing, and SIGTERM drains in-flight requests."""
+is enforced (scheme in any case, /metrics included), a bounded load test loses nothing, large
+unmatched prompts do not stall other requests, a wrong response marker is refused and a high
+fallback rate raised, verl's question-less samples get the service's fallback, and SIGTERM
+drains in-flight requests."""
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -258,6 +262,60 @@ def test_bearer_token(server):
     assert call(server, "/get_reward", {"query": [QUESTION + RESPONSE], "prompts": [QUESTION]}, token=None)[0] == 401
 
 
+def test_bearer_scheme_in_any_case_and_metrics_needs_the_token(server):
+    """RFC 9110: the auth scheme is case-insensitive (was: "bearer" -> 401); /metrics tells
+    request counts and errors, so it needs the token too (was: answered without it); /health
+    stays open for probes."""
+    body = {"prompt": QUESTION, "response": RESPONSE}
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        req = urllib.request.Request(server + "/score", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"{scheme} {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200 and "reward" in json.loads(r.read())
+    assert call(server, "/score", body, token=None)[0] == 401
+    status, out = call(server, "/metrics", token=None)
+    assert status == 401 and out["field"] == "authorization"
+    assert call(server, "/metrics", token="wrong")[0] == 401
+    assert call(server, "/metrics")[0] == 200 and call(server, "/health", token=None)[0] == 200
+
+
+def words(n_chars, seed):
+    rng = random.Random(seed)
+    vocab = ["apples", "the", "baker", "sells", "12", "loaves", "how", "many", "left", "after", "days", "+", "=", "."]
+    return " ".join(rng.choice(vocab) for _ in range(n_chars // 3))[:n_chars]
+
+
+def test_large_unmatched_prompts_do_not_stall_other_requests(server):
+    """OpenRLHF queries that do not continue their 6k-character prompts, three at once, then a
+    small /score: it is answered in well under what the unbounded prompt matcher spent on
+    ONE such query (measured here, same machine, same moment) - was: the matcher ran on the
+    event loop, quadratic in the prompt, and every other request waited for it."""
+    from difflib import SequenceMatcher
+
+    prompt, query = words(6000, seed=1), words(6100, seed=2)
+    start = time.perf_counter()
+    SequenceMatcher(None, prompt, query[: len(prompt) + 64], autojunk=False).get_matching_blocks()
+    unbounded = time.perf_counter() - start
+    big = {}
+
+    def send_big(k):
+        big[k] = call(server, "/get_reward", {"query": [query], "prompts": [prompt]})
+
+    threads = [threading.Thread(target=send_big, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # the big requests are in
+    start = time.perf_counter()
+    status, out = call(server, "/score", {"prompt": QUESTION, "response": RESPONSE})
+    small = time.perf_counter() - start
+    for t in threads:
+        t.join(timeout=300)
+    assert status == 200 and out["unscorable"] is None
+    assert [b[0] for b in big.values()] == [200] * 3
+    assert all(b[1]["extra_logs"]["unscorable"] == [1.0] for b in big.values())  # prompt_mismatch: the fallback
+    assert small < 0.3 * unbounded, (small, unbounded)
+
+
 def test_bounded_load_loses_nothing_and_batches(server):
     n_clients, per_client = 16, 25
     results, errors = [], []
@@ -274,7 +332,7 @@ def test_bounded_load_loses_nothing_and_batches(server):
     for t in threads:
         t.join(timeout=300)
     assert not errors and len(results) == n_clients * per_client
-    status, m = call(server, "/metrics", token=None)
+    status, m = call(server, "/metrics")
     assert status == 200 and m["requests"] >= n_clients * per_client and m["errors"] == 0
     assert m["mean_batch_size"] > 1.0  # concurrent requests were scored together
     assert m["latency_ms"]["p50"] is not None and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"]
@@ -306,6 +364,71 @@ def test_verl_adapter_calls_the_service(server, monkeypatch):
                                  extra_infos=[{"question": QUESTION}, add_question(math_row)["extra_info"],
                                               {"question": QUESTION}], some_reward_kwarg=1)
     assert scores == pytest.approx([want, want, 0.0], abs=1e-6)
+
+
+def test_verl_sample_without_a_question_gets_the_services_fallback(open_server, monkeypatch):
+    """One source for the fallback: a verl sample without a question is answered by the
+    service (here --fallback-reward -1), never by a client-side default (was: 0.0, above the
+    service's fallback and, with --transform minus_half, above its floor -0.5)."""
+    from nemo_erprm.serving.verl_reward import compute_score, compute_score_batch
+
+    monkeypatch.setenv("ERPRM_REWARD_URL", open_server)
+    before = call(open_server, "/metrics", token=None)[1]["unscorable"]["by_reason"].get("empty_prompt", 0)
+    assert compute_score(data_source="x", solution_str=RESPONSE, ground_truth="7", extra_info={"index": 3}) == -1.0
+    scores = compute_score_batch(data_sources=["a", "b"], solution_strs=[RESPONSE, RESPONSE],
+                                 extra_infos=[{"index": 1}, {"question": QUESTION}])
+    assert scores[0] == -1.0 and scores[1] > -1.0
+    after = call(open_server, "/metrics", token=None)[1]["unscorable"]["by_reason"]["empty_prompt"]
+    assert after - before == 2  # counted where every other fallback is
+
+
+@pytest.fixture(scope="module")
+def readme_server(tiny_prm, tmp_path_factory):
+    """Started by bash from the README's OpenRLHF/NeMo-RL line: a ChatML actor tokenizer and
+    the marker in double quotes (bash passes a backslash and an n)."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("readme_srv") / "console.log"
+    cmd = (f"exec {sys.executable} tools/serve_prm.py --scorer {tiny_prm} --port {port} --actor-tokenizer {tiny_prm} "
+           '--response-marker "<|im_start|>assistant\\n" --max-length 512')
+    proc = subprocess.Popen(["bash", "-c", cmd], cwd=REPO, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, url)
+        yield url, log_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_readme_marker_splits_and_a_wrong_one_is_refused_then_watched(readme_server, tiny_prm):
+    """The README's quoting gives the marker the ChatML template really ends with; a first
+    batch in which it occurs nowhere is refused (422 naming the marker, an ERROR line) instead
+    of answered 0.0 for all; templated queries then score as /score with the raw question;
+    a flood of samples without it gets the fallback and raises the alarm in /metrics and on
+    the console (was: every reward 0.0, one line per sample the only sign)."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    url, log_path = readme_server
+
+    status, out = call(url, "/get_reward", {"query": [QUESTION + "\n" + RESPONSE] * 3}, token=None)
+    assert status == 422 and out["field"] == "query", out
+    assert "the response marker '<|im_start|>assistant\\n' occurs in none of the 3 samples" in out["error"]
+    want = call(url, "/score", {"prompt": QUESTION, "response": RESPONSE}, token=None)[1]["reward"]
+    tok = AutoTokenizer.from_pretrained(str(tiny_prm))  # the actor's ChatML template
+    prompt = tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+    status, out = call(url, "/get_reward", {"query": [prompt + RESPONSE + "<|im_end|>"] * 2}, token=None)
+    assert status == 200 and out["rewards"] == pytest.approx([want] * 2, abs=1e-6) and want != 0.0
+    flood = {"query": [QUESTION + "\n" + RESPONSE] * 64}
+    status, out = call(url, "/get_reward", flood, token=None)
+    assert status == 200 and out["rewards"] == [0.0] * 64
+    recent = call(url, "/metrics", token=None)[1]["unscorable"]["recent"]
+    assert recent["alarm"] and recent["fallback_rate"] > 0.9 and recent["by_reason"] == {"no_marker": 64}, recent
+    console = log_path.read_text()
+    assert "ERROR query: the response marker '<|im_start|>assistant\\n' occurs in none" in console
+    assert re.search(r"WARNING fallback alarm: \d+% of the last \d+ samples got the fallback reward 0.0 instead of a "
+                     r"PRM score \(no_marker \d+\)", console), console[-2000:]
 
 
 def test_sigterm_drains_in_flight_requests(tiny_prm, tmp_path):
