@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback-window", type=int, default=256,
                    help="samples over which the fallback rate is watched (in /metrics: unscorable.recent)")
     p.add_argument("--fallback-alarm", type=float, default=0.5,
-                   help="a fallback rate above this over the window logs a loud WARNING (1 turns it off)")
+                   help="a fallback rate above this over the window logs a loud warning line (1 turns it off)")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=16384, help="tokens per model batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
