@@ -24,7 +24,14 @@ Runs (``OUT/runs/<name>``) and checks:
   packed samples see their row neighbours moves the loss by 12-24%; bf16 instead of fp32
   moves it by 0.08-0.1%; the default 1e-2 sits between;
 - ``tp2_sp`` (2+ GPUs visible, else skipped): TP=2 with sequence parallelism, 2 processes;
-  check ``sp_parity`` against ``bf16`` (a gradient summed twice shows as a 2x grad norm).
+  check ``sp_parity`` against ``bf16`` (a gradient summed twice shows as a 2x grad norm);
+- ``fp8_ckpt``: a small PRM (``FP8_CKPT_SHAPE``) trained with TE FP8 (hybrid, delayed scaling)
+  and ``export.hf=true``; check ``fp8_checkpoint`` (in a process of its own) on its final
+  checkpoint: its io context records FP8 + the TE spec, its TE layers saved FP8 scaling state
+  (non-empty ``_extra_state``), and it scores the same through the local spec (what CPU
+  scoring and the export read), the TE spec (TE's ``set_extra_state`` loads that state) and
+  the HF export written by the training run, within --score-atol. The real counterpart of
+  ``tests/convert/test_fp8_checkpoint.py``, whose checkpoint never ran through TE.
 
 MFU (model FLOPs utilisation) = model FLOPs per token x tokens/s / peak, with
   model FLOPs per token = 6 * N + 12 * L * d_attn * c
@@ -77,6 +84,9 @@ MICRO_ROWS, GLOBAL_ROWS = 4, 32  # packed: 128 samples (~60k real tokens) per op
 # neighbours then shifts the loss systematically instead of by noise that averages out.
 TEMPLATES = 4
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0))
+# The fp8_ckpt run: small enough that training, saving, the export and three loads take seconds.
+FP8_CKPT_SHAPE = {"num_layers": 2, "hidden_size": 256, "ffn_hidden_size": 1024, "num_attention_heads": 8,
+                  "num_query_groups": 4}
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,6 +219,8 @@ def planned_runs(n_gpus: int) -> dict[str, dict[str, Any]]:
                                    f"data.global_batch_size={GLOBAL_ROWS * SAMPLES_PER_ROW}"], "gpus": 1},
         "tp2_sp": {"overrides": ["model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
                                  "trainer.devices=2"], "gpus": 2},
+        "fp8_ckpt": {"overrides": ["model.fp8=hybrid", *(f"model.{k}={v}" for k, v in FP8_CKPT_SHAPE.items()),
+                                   "export.hf=true"], "gpus": 1, "keep_checkpoints": True},
     }
     for name, run in runs.items():
         run["overrides"] = [f"run.name={name}", *run["overrides"]]
@@ -324,7 +336,8 @@ def run_training(name: str, run: dict[str, Any], config: Path, out: Path, timeou
         except subprocess.TimeoutExpired:
             rc = None
     seconds = time.perf_counter() - t0
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~14 GB each at this size
+    if not run.get("keep_checkpoints"):
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~14 GB each at this size
     metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "split" not in m]
     samples = {s["step"]: s["sample_ids"] for s in read_jsonl(run_dir / "samples.jsonl")}
     result: dict[str, Any] = {"command": cmd, "seconds": round(seconds, 1), "returncode": rc, "log": str(log),
@@ -440,11 +453,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--grad-rtol", type=float, default=5e-2, help="parity: per-step grad norm, relative")
     parser.add_argument("--budget-s", type=float, default=450, help="wall-clock budget for all runs")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of this GPU (MFU)")
+    parser.add_argument("--score-atol", type=float, default=1e-3,
+                        help="fp8_checkpoint: step scores of the three loads, absolute")
+    parser.add_argument("--fp8-checkpoint-check", type=Path, default=None, metavar="RUN_DIR",
+                        help=argparse.SUPPRESS)  # the fp8_checkpoint check's own process (see fp8_checkpoint)
     parser.add_argument("--vllm-labeling", action="store_true",
                         help="only the vLLM labeling smoke test (run it in the label-vllm image)")
     parser.add_argument("--vllm-model", default=None,
                         help="HF model folder for --vllm-labeling (default: a tiny random Llama built here)")
     args = parser.parse_args(argv)
+    if args.fp8_checkpoint_check:
+        result = fp8_checkpoint_facts(args.fp8_checkpoint_check, args.score_atol)
+        print(json.dumps(result))
+        return EXIT_PASSED if result["status"] == "passed" else EXIT_FAILED
     if args.vllm_labeling:
         return vllm_labeling_smoke(args.out or REPO / "outputs" / "gpu_check" / "vllm_labeling", args.vllm_model)
     if args.steps <= args.warmup_steps:
@@ -493,6 +514,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                     args.grad_rtol))
     results["checks"].append(parity("sp_parity", r.get("tp2_sp"), r.get("bf16"), args.steps, args.loss_rtol,
                                     args.grad_rtol))
+    left = max(240.0, args.budget_s - (time.perf_counter() - t0))  # three model loads and NeMo imports
+    results["checks"].append(fp8_checkpoint(r.get("fp8_ckpt"), out, args.steps, args.score_atol, left))
     failed = [c for c in results["checks"] if c["status"] == "failed"]
     results["status"] = "failed" if failed else "passed"
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -560,6 +583,108 @@ def validate_configs(config: Path, runs: dict[str, dict[str, Any]]) -> None:
     for run in runs.values():
         if not run["reason"]:
             load_train_config(str(config), run["overrides"])
+
+
+# ---------------------------------------------------------------------------------------
+# fp8_checkpoint: a checkpoint TE really trained in FP8 loads, scores and exports
+
+
+def fp8_checkpoint(result: Optional[dict[str, Any]], out: Path, steps: int, atol: float,
+                   timeout_s: float) -> dict[str, Any]:
+    """The ``fp8_checkpoint`` check on the ``fp8_ckpt`` run, in a process of its own (it loads
+    NeMo and the model three times); the checkpoints are removed afterwards."""
+    problem = run_ok(result, steps)
+    if problem:
+        return {"check": "fp8_checkpoint", "status": "skipped" if problem.startswith("skipped") else "failed",
+                "detail": f"fp8_ckpt run: {problem}"}
+    run_dir = out / "runs" / "fp8_ckpt"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--fp8-checkpoint-check", str(run_dir),
+           "--score-atol", str(atol)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=child_env(1), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"check": "fp8_checkpoint", "status": "failed", "detail": f"timed out after {timeout_s:.0f} s"}
+    finally:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"check": "fp8_checkpoint", "status": "failed",
+                "detail": f"exit status {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"}
+    return {"check": "fp8_checkpoint", **json.loads(lines[-1])}
+
+
+def extra_state_sizes(weights: Path) -> dict[str, int]:
+    """Bytes of each ``_extra_state`` object in a megatron dist checkpoint (TE keeps a layer's FP8
+    scaling state there; a layer without it saves an empty tensor or, on the local spec, None)."""
+    import io
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(str(weights))
+    keys = [k for k in reader.read_metadata().state_dict_metadata if "_extra_state" in k]
+    state: dict[str, Any] = {k: io.BytesIO() for k in keys}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+
+    def size(obj: Any) -> int:
+        if isinstance(obj, (list, tuple)):
+            return sum(size(x) for x in obj)
+        if isinstance(obj, torch.Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, io.BytesIO):
+            return len(obj.getvalue())
+        return len(obj) if isinstance(obj, (bytes, bytearray)) else 0
+
+    return {k: size(v) for k, v in state.items()}
+
+
+def fp8_checkpoint_facts(run_dir: Path, atol: float) -> dict[str, Any]:
+    """The facts of the ``fp8_checkpoint`` check (see the module doc) and its verdict."""
+    import torch
+
+    from nemo_erprm.convert.load import load_prm_config, load_prm_modules
+    from nemo_erprm.eval.scorers import load_scorer
+    from nemo_erprm.training.checkpoints import last_checkpoint
+
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None:
+        return {"status": "failed", "detail": f"{run_dir}/checkpoints: no final checkpoint"}
+    cfg, _ = load_prm_config(ckpt)
+    sizes = extra_state_sizes(ckpt / "weights")
+    facts: dict[str, Any] = {"checkpoint": str(ckpt), "context_fp8": cfg.fp8,
+                             "context_transformer_impl": cfg.transformer_impl,
+                             "extra_states": len(sizes), "extra_states_nonempty": sum(1 for v in sizes.values() if v)}
+    problems = []
+    if (cfg.fp8, cfg.transformer_impl) != ("hybrid", "transformer_engine"):
+        problems.append(f"the io context records fp8={cfg.fp8!r}, transformer_impl={cfg.transformer_impl!r}")
+    if not facts["extra_states_nonempty"]:
+        problems.append(f"none of the {len(sizes)} _extra_state objects holds FP8 scaling state")
+    hf_dir = run_dir / "hf"
+    if not (hf_dir / "config.json").is_file():
+        problems.append(f"export.hf=true wrote no {hf_dir}/config.json")
+    else:
+        items = [template_record(k)[:2] for k in range(TEMPLATES)]
+        scorer = load_scorer(str(ckpt), dtype="float32")  # the local spec, as CPU scoring and the export
+        local = scorer.score_batch(items)
+        scorer.modules, _, _ = load_prm_modules(ckpt, dtype=torch.float32, transformer_impl="transformer_engine")
+        te = scorer.score_batch(items)  # same batches through TE layers that loaded the FP8 state
+        hf = load_scorer(str(hf_dir), dtype="float32").score_batch(items)
+
+        def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+            if [len(x) for x in a] != [len(x) for x in b]:
+                return math.inf
+            return max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x, y))
+
+        facts.update(max_abs_diff_te_vs_local=max_diff(te, local), max_abs_diff_hf_vs_local=max_diff(hf, local),
+                     score_atol=atol)
+        for name in ("te", "hf"):
+            diff = facts[f"max_abs_diff_{name}_vs_local"]
+            if not diff <= atol:
+                problems.append(f"{name} scores differ from the local spec's by {diff:.2e}")
+    facts["status"] = "failed" if problems else "passed"
+    facts["detail"] = "; ".join(problems) or (
+        f"{facts['extra_states_nonempty']} FP8 extra states; local/TE/HF scores within {atol:g}")
+    return facts
 
 
 if __name__ == "__main__":

@@ -106,3 +106,29 @@ def test_generated_configs_and_records_are_accepted_and_pack_as_the_parity_check
         assert sorted(i for row in packed_step for i in row) == sorted(i for row in unpacked_step for i in row)
     assert len(lengths) == gpu_check.GLOBAL_ROWS * gpu_check.SAMPLES_PER_ROW * steps
     assert gpu_check.model_flops_per_token(lengths) > 6 * gpu_check.layer_params()
+
+
+@pytest.mark.slow
+def test_fp8_checkpoint_check_reads_a_checkpoint_and_scores_it_three_ways(tmp_path, shared_data):
+    """The fp8_checkpoint check's own process on a checkpoint that never ran through TE (a
+    converted tiny Llama, local spec): it must fail naming what an FP8-trained one has (the FP8
+    context, FP8 scaling state in the TE layers' _extra_state) while the three loads it compares
+    (local spec, TE spec - the local one again without TE -, the HF export) agree."""
+    from tests.tiny_models import build_tiny_hf
+
+    run_dir = tmp_path / "runs" / "fp8_ckpt"
+    hf = build_tiny_hf(tmp_path / "hf", "llama")
+    ckpt = run_dir / "checkpoints" / "prm--step=3-last"
+    for cmd in (["tools/convert_hf_checkpoint.py", "--hf-dir", hf, "--out", ckpt],
+                ["tools/export_hf_checkpoint.py", "--ckpt", ckpt, "--out", run_dir / "hf"]):
+        done = subprocess.run([sys.executable, *map(str, cmd)], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--fp8-checkpoint-check", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    facts = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert facts["status"] == "failed" and facts["checkpoint"] == str(ckpt)
+    assert "the io context records fp8=None, transformer_impl='local'" in facts["detail"]
+    assert facts["extra_states"] > 0 and facts["extra_states_nonempty"] == 0
+    assert "none of the" in facts["detail"] and "_extra_state objects holds FP8 scaling state" in facts["detail"]
+    assert facts["max_abs_diff_te_vs_local"] == 0.0 and facts["max_abs_diff_hf_vs_local"] < 1e-5

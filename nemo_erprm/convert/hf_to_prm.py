@@ -182,8 +182,36 @@ def prm_config_from_base(base_cfg: Any, hf_cfg: Any, **prm_fields: Any):
 
     # megatron's own `transformer_impl` field is our layer-spec switch: TE where installed
     kwargs["transformer_impl"] = "transformer_engine" if have_transformer_engine() else "local"
+    if target_cls is C.ERPRMLlama31Config:
+        kwargs.update(llama3_rope_scaling(hf_cfg))
     kwargs.update(prm_fields)
     return target_cls(**kwargs)
+
+
+def rope_scaling_type(hf_cfg: Any) -> Optional[str]:
+    """The HF config's RoPE scaling type (``rope_type``, or the legacy ``type``); None without one."""
+    scaling = getattr(hf_cfg, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    return None if kind in (None, "default") else kind
+
+
+def check_rope_scaling(hf_dir: Path, hf_cfg: Any) -> None:
+    """NeMo's importers translate only Llama's ``llama3`` RoPE scaling; any other type (linear,
+    dynamic, yarn, ...) they drop without a word, and the PRM would compute other logits."""
+    kind = rope_scaling_type(hf_cfg)
+    if kind is not None and not (kind == "llama3" and M.MODEL_TYPES.get(hf_cfg.model_type) == "llama"):
+        raise ConfigError(f"{hf_dir}/config.json: rope_scaling type {kind!r} is not supported "
+                          f"(only 'llama3' on Llama models)")
+
+
+def llama3_rope_scaling(hf_cfg: Any) -> dict[str, Any]:
+    """Every factor of an HF ``llama3`` RoPE scaling as Llama31Config fields. NeMo 2.7.3's
+    importer (``HFLlamaImporter.config``) reads only ``factor`` and leaves the rest at Llama-3.1's
+    values (1, 4, 8192); its exporter writes all four back, so a round trip keeps them."""
+    scaling = hf_cfg.rope_scaling
+    return {"scale_factor": scaling["factor"], "low_freq_factor": scaling["low_freq_factor"],
+            "high_freq_factor": scaling["high_freq_factor"],
+            "old_context_len": scaling["original_max_position_embeddings"]}
 
 
 def resolve_tokens(tokenizer: Any, step_tag: str, head: str, plus: str, minus: str,
@@ -302,6 +330,7 @@ def convert_hf_to_prm(
         print(f"[1/4] reading {source}", flush=True)
         hf_dir = materialize_hf_dir(source, Path(tmp))
         importer, hf_cfg = importer_for(hf_dir)  # unsupported architectures fail here
+        check_rope_scaling(hf_dir, hf_cfg)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
         except (OSError, TypeError, ValueError) as e:

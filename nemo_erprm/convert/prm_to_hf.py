@@ -19,25 +19,48 @@ from typing import Any
 import torch
 
 from nemo_erprm.convert import mapping as M
+from nemo_erprm.convert.checks import check_export_args
 from nemo_erprm.convert.load import load_prm_modules, read_prm_meta
 from nemo_erprm.errors import ConfigError
 
 PRM_CONFIG_FILE = "prm_config.json"
 
 
+# Every PRM config class of nemo_erprm.nemo.config -> NeMo's HF exporter of its backbone
+# ("module:Class"), or why it has none. Looked up by exact class, not isinstance: our Llama-3
+# configs derive from NeMo's Llama3Config/Llama31Config, not from ERPRMLlamaConfig.
+# tests/convert/test_export_table.py walks every config class through this table.
+_LLAMA = "nemo.collections.llm.gpt.model.llama:HFLlamaExporter"
+HF_EXPORTERS: dict[str, str] = {
+    "ERPRMLlamaConfig": _LLAMA,  # Llama-2, DeepSeek-math, SmolLM2: rope_scaling null
+    "ERPRMLlama3Config": _LLAMA,  # Llama-3.0: no RoPE scaling (NeMo's Llama3Config applies none)
+    # Llama-3.1/3.2: NeMo's exporter writes rope_scaling {rope_type: llama3, factor, low_freq_factor,
+    # high_freq_factor, original_max_position_embeddings} for any Llama31Config (llama.py, NeMo 2.7.3)
+    "ERPRMLlama31Config": _LLAMA,
+    "ERPRMMistralConfig": "nemo.collections.llm.gpt.model.mistral:HFMistralExporter",
+    "ERPRMQwen2Config": "nemo.collections.llm.gpt.model.qwen2:HFQwen2Exporter",
+}
+NO_HF_EXPORT: dict[str, str] = {
+    "ERPRMGPTConfig": ("a generic GPT backbone has no Hugging Face architecture here (export handles the "
+                       "llama, llama3, llama31, mistral and qwen2 families)"),
+}
+
+
+def hf_exporter_class(cfg: Any, ckpt: Path) -> type:
+    """NeMo's HF exporter for ``cfg``'s family (:data:`HF_EXPORTERS`)."""
+    import importlib
+
+    name = type(cfg).__name__
+    if name not in HF_EXPORTERS:
+        why = NO_HF_EXPORT.get(name, "not a PRM config family of nemo_erprm.nemo.config")
+        raise ConfigError(f"{ckpt}: no HF exporter for {name}: {why}")
+    module, cls = HF_EXPORTERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def hf_config_for(ckpt: Path, cfg: Any, vocab_rows: int):
     """The transformers config of the backbone, translated by NeMo's exporter of the family."""
-    from nemo_erprm.nemo import config as C
-
-    if isinstance(cfg, C.ERPRMQwen2Config):
-        from nemo.collections.llm.gpt.model.qwen2 import HFQwen2Exporter as Exporter
-    elif isinstance(cfg, C.ERPRMMistralConfig):
-        from nemo.collections.llm.gpt.model.mistral import HFMistralExporter as Exporter
-    elif isinstance(cfg, C.ERPRMLlamaConfig):
-        from nemo.collections.llm.gpt.model.llama import HFLlamaExporter as Exporter
-    else:
-        raise ConfigError(f"{ckpt}: no HF exporter for {type(cfg).__name__}")
-    hf_cfg = Exporter(str(ckpt)).config
+    hf_cfg = hf_exporter_class(cfg, ckpt)(str(ckpt)).config
     hf_cfg.tie_word_embeddings = bool(cfg.share_embeddings_and_output_weights)
     hf_cfg.vocab_size = vocab_rows  # the embedding's rows (padded when the config left vocab_size unset)
     return hf_cfg
@@ -52,7 +75,6 @@ def export_prm_to_hf(ckpt: str, out_dir: str, overwrite: bool = False) -> Path:
 
     Written into a temporary folder beside ``out_dir`` and renamed into place when complete;
     an existing ``out_dir`` is refused unless ``overwrite`` (then swapped atomically)."""
-    from nemo_erprm.convert.cli import check_export_args
     from nemo_erprm.runtime.outdir import atomic_output_dir
 
     check_export_args(ckpt, out_dir, overwrite)

@@ -5,8 +5,9 @@ tokenizes them once (cached with `datasets` under ``cache_dir``), optionally pac
 samples per row, and serves rows through NeMo's `MegatronDataSampler`
 (micro/global batch sizes, data-parallel slicing). The number of consumed samples is saved
 in checkpoints and restored on resume, so a resumed run continues where it stopped.
-Each micro-batch is padded to its longest row (``pad_to="longest"``, rounded up to
-``pad_multiple``) or to ``seq_length`` (``"max_length"``): see :mod:`nemo_erprm.data.collate`.
+Each micro-batch is padded to its longest row (``pad_to="longest"``, rounded up to what the
+layout needs: sequence parallelism, Transformer Engine's FP8 row blocks) or to ``seq_length``
+(``"max_length"``): see :mod:`nemo_erprm.data.collate`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from nemo.lightning import io
 from nemo.lightning.pytorch.plugins import MegatronDataSampler
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_erprm.data.collate import BASE_PAD_MULTIPLE, PAD_TO, collate_rows, effective_pad_to, pack_rows
+from nemo_erprm.data.collate import (PAD_TO, check_seq_length, collate_rows, effective_pad_to, pack_rows,
+                                     pad_multiple as layout_pad_multiple, required_multiple)
 from nemo_erprm.data.examples import held_out, load_examples
 from nemo_erprm.data.tokenize import add_step_tag_token, tokenize_dataset
 from nemo_erprm.errors import ConfigError
@@ -159,7 +161,11 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         global_batch_size: int = 64,
         packing: bool = False,
         pad_to: str = "longest",
-        pad_multiple: int = BASE_PAD_MULTIPLE,
+        pad_multiple: Optional[int] = None,
+        tensor_parallel: int = 1,
+        sequence_parallel: bool = False,
+        fp8: Optional[str] = None,
+        fp8_recipe: str = "delayed",
         shuffle: bool = True,
         seed: int = 1234,
         num_workers: int = 0,
@@ -174,6 +180,17 @@ class ERPRMDataModule(L.LightningDataModule, io.IOMixin):
         self.seq_length, self.packing = seq_length, packing
         if pad_to not in PAD_TO:
             raise ConfigError(f"data.pad_to must be one of {PAD_TO}, got {pad_to!r}")
+        # The model's layout decides what a micro-batch's width must be a multiple of
+        # (collate.required_multiple); `pad_multiple` may only round to a multiple of that.
+        layout = dict(tensor_parallel=tensor_parallel, sequence_parallel=sequence_parallel, fp8=fp8,
+                      fp8_recipe=fp8_recipe, micro_batch_size=micro_batch_size)
+        check_seq_length(seq_length, **layout)
+        need = required_multiple(**layout)
+        if pad_multiple is None:
+            pad_multiple = layout_pad_multiple(**layout)
+        elif pad_multiple % need:
+            raise ConfigError(f"pad_multiple={pad_multiple} must be a multiple of {need} for this layout "
+                              f"({', '.join(f'{k}={v}' for k, v in layout.items())})")
         self.pad_to, self.pad_multiple = pad_to, pad_multiple
         self.micro_batch_size, self.global_batch_size = micro_batch_size, global_batch_size
         self.shuffle, self.seed = shuffle, seed

@@ -13,7 +13,7 @@ from typing import ClassVar, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from nemo_erprm.data.collate import PAD_TO
+from nemo_erprm.data.collate import PAD_TO, check_seq_length
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.jsonl import check_utf8
 from nemo_erprm.yaml_config import Range, check_numbers, load_structured
@@ -164,6 +164,10 @@ class TrainConfig:
         if self.optim.min_lr > self.optim.lr:
             raise ConfigError(f"optim.min_lr={self.optim.min_lr}: must be <= optim.lr={self.optim.lr} (the cosine "
                               "decays from lr to min_lr)")
+        m = self.model
+        if m.seq_length:  # the layout's width multiple (SP over TP, FP8 row blocks): refused here, not at step 1
+            check_seq_length(m.seq_length, m.tensor_model_parallel_size, m.sequence_parallel, fp8=m.fp8,
+                             fp8_recipe=m.fp8_recipe, micro_batch_size=d.micro_batch_size)
         if self.optim.overlap_param_gather and self.optim.distributed_optimizer is False:
             raise ConfigError("optim.overlap_param_gather needs optim.distributed_optimizer=true")
         self.model.validate()  # after the checks above: it imports NeMo (~15 s)

@@ -23,7 +23,6 @@ class Schedule:
 
 def build_data_module(cfg: TrainConfig, tokenizer: Any, prm_config: Any) -> Any:
     """:class:`ERPRMDataModule` on ``data.train`` (and ``data.validation`` or a held-out fraction)."""
-    from nemo_erprm.data.collate import pad_multiple
     from nemo_erprm.nemo.data_module import ERPRMDataModule
     from nemo_erprm.training.effective import effective_pad_to
 
@@ -32,7 +31,9 @@ def build_data_module(cfg: TrainConfig, tokenizer: Any, prm_config: Any) -> Any:
         d.train, tokenizer, val_path=d.validation, val_fraction=d.val_fraction, step_tag=prm_config.step_tag,
         data_format=d.format, eta=d.eta, seq_length=prm_config.seq_length, micro_batch_size=d.micro_batch_size,
         global_batch_size=d.global_batch_size, packing=d.packing, pad_to=effective_pad_to(cfg),
-        pad_multiple=pad_multiple(m.tensor_model_parallel_size, m.sequence_parallel),
+        # the width multiple follows the layout: SP splits rows over TP, FP8 GEMMs take whole blocks
+        tensor_parallel=m.tensor_model_parallel_size, sequence_parallel=m.sequence_parallel, fp8=m.fp8,
+        fp8_recipe=m.fp8_recipe,
         shuffle=d.shuffle, seed=cfg.run.seed,
         num_workers=d.num_workers, num_proc=d.num_proc, cache_dir=str(cfg.run_dir / "data_cache"),
     )

@@ -84,3 +84,16 @@ def test_step_tag_not_single_token(tiny, tmp_path):
 def test_plus_token_must_be_single(tiny, tmp_path):
     proc = convert("--hf-dir", tiny, "--out", tmp_path / "o", "--plus-token", "good step")
     assert proc.returncode == 2 and "--plus-token 'good step' is not a single token" in proc.stderr
+
+
+def test_rope_scaling_nemo_would_drop_is_refused(tiny, tmp_path):
+    """NeMo 2.7.3's importers translate only Llama's llama3 RoPE scaling; a linear (or dynamic,
+    yarn) one they drop silently, and the PRM would compute other logits than the model."""
+    shutil.copytree(tiny, tmp_path / "linear")
+    config = json.loads((tmp_path / "linear" / "config.json").read_text())
+    config["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    (tmp_path / "linear" / "config.json").write_text(json.dumps(config))
+    proc = convert("--hf-dir", tmp_path / "linear", "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "config.json: rope_scaling type 'linear' is not supported (only 'llama3' on Llama models)" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,10 +1,16 @@
-"""A checkpoint trained on GPUs (FP8, TE spec, sequence parallel, THD) loads, scores and exports
-on CPU; and a run's settings reach its checkpoints' io context.
+"""A checkpoint whose context records a GPU run (FP8, TE spec, sequence parallel, THD) loads,
+scores and exports on CPU; and a run's settings reach its checkpoints' io context.
 
 The GPU-trained checkpoint is made the way training makes one: NeMo's precision plugin writes
 FP8 into the config (``update_config_with_dtype_overrides``), ``training.model_setup.build_prm_config``'s
 field setter writes the TE spec and layout, and NeMo's ``TrainerContext`` dumps the context.
 The weights are those of a converted tiny Llama, so scores must equal the original's exactly.
+
+A stand-in for a checkpoint Transformer Engine trained: converted weights with an edited io
+context, never trained with TE, so its layers hold no TE ``_extra_state`` (FP8 scaling state);
+TE needs CUDA and is never installed here. The real check, a TE FP8 run's own checkpoint loaded
+through the local spec, the TE spec and its HF export, is ``benchmarks/gpu_check.py``'s
+``fp8_checkpoint``.
 """
 
 import shutil
