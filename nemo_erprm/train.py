@@ -22,7 +22,8 @@ Run folder (``run.output_dir/run.name``): ``config.yaml`` (the resolved config),
 ``metrics.jsonl`` (see :mod:`nemo_erprm.training.callbacks`), ``checkpoints/`` (NeMo
 checkpoints: ``weights/`` + ``context/``; ``*-last`` is the newest), ``tb/`` (TensorBoard),
 ``data_summary.json`` (samples, steps, rows per split; steps per epoch), ``logs/`` (NeMo's
-logs), ``tokenizer/`` (random init), ``hf/`` (``export.hf``).
+logs), ``tokenizer/`` (random init), ``hf/`` (``export.hf``), ``run.lock`` (while a launch runs:
+a second launch on the folder is refused, :func:`~nemo_erprm.training.run_folder.hold_run_folder`).
 
 Resume and preemption: rerunning the same command continues from the newest checkpoint of
 the run folder (model, optimizer, LR schedule, consumed samples), so the loss trajectory is
@@ -61,6 +62,7 @@ def run(cfg: TrainConfig) -> Path:
     from nemo.collections import llm
 
     from nemo_erprm.nemo.model import ERPRMModel
+    from nemo_erprm.training.callbacks import TrainingMetrics
     from nemo_erprm.training.data_setup import build_data_module, plan_steps, report_data
     from nemo_erprm.training.effective import effective_settings, write_effective_settings
     from nemo_erprm.training.launch import devices_per_node, num_nodes
@@ -99,10 +101,15 @@ def run(cfg: TrainConfig) -> Path:
         resume.setup(trainer, model)
         trainer.validate(model, datamodule=data)
         return run_dir
-    d = cfg.data
-    print(f"training {schedule.max_steps} steps ({schedule.steps_per_epoch} per epoch, {data.num_train_rows} rows, "
-          f"global batch {d.global_batch_size}) -> {run_dir}", flush=True)
+    if global_rank() == 0:
+        print(f"training {schedule.max_steps} steps ({schedule.steps_per_epoch} per epoch, {data.num_train_rows} "
+              f"rows, global batch {cfg.data.global_batch_size}) -> {run_dir}", flush=True)
     llm.train(model, data, trainer, log=log, resume=resume)
+    progress = next(cb for cb in trainer.callbacks if isinstance(cb, TrainingMetrics))
+    if global_rank() == 0 and not progress.started:
+        final = last_checkpoint(run_dir)
+        print(f"nothing to train: {run_dir} already finished its {schedule.max_steps} steps"
+              f"{f' ({final.name})' if final else ''}; set run.name to train a new run", flush=True)
 
     # 7. export
     if cfg.export.hf and global_rank() == 0:
@@ -143,8 +150,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(dump_train_config(cfg), end="")
             return 0
-        set_log_file(cfg.run_dir / f"library.rank{global_rank()}.log")  # not logs/: NeMo moves its files
-        run_dir = run(cfg)
+        from nemo_erprm.training.run_folder import hold_run_folder
+
+        with hold_run_folder(cfg):  # one launch per run folder: a second one is refused here
+            set_log_file(cfg.run_dir / f"library.rank{global_rank()}.log")  # not logs/: NeMo moves its files
+            run_dir = run(cfg)
         if global_rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
         return 0

@@ -34,6 +34,8 @@ def test_reduced_demo_end_to_end_and_reproducible_report(shared_data, tmp_path):
     assert results["labels"]["summary"] == summary and summary["problems"] == 4
     metrics = [json.loads(x) for x in (out / "train" / "smollm2_prm" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 7))
+    # the trained PRM is also an HF model: what the README's serving command loads
+    assert json.loads((out / "train" / "smollm2_prm" / "hf" / "prm_config.json").read_text())["head"] == "lm_tokens"
     k = results["training"]["averaged_over_steps"]
     last = sum(m["loss"] for m in metrics[-k:]) / k
     assert results["training"]["loss_last"] == pytest.approx(last)

@@ -70,12 +70,29 @@ def test_help_is_fast_and_quiet(tool):
 
 @pytest.mark.slow
 def test_two_step_training_prints_at_most_30_lines(tmp_path):
-    proc = run(["-m", "nemo_erprm.train", "--config", "conf/tiny_cpu.yaml", "trainer.max_steps=2",
-                f"run.output_dir={tmp_path}"], env={"ERPRM_VERBOSE": ""}, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert len(lines) <= 30, "\n".join(lines)
-    assert any(line.startswith("step 2/2") for line in lines)
-    assert not has_warning("\n".join(lines))
-    log = tmp_path / "tiny_cpu" / "library.rank0.log"
-    assert "Apex" in log.read_text()  # the hidden warnings are kept
+    """Also: a relative run.output_dir (the README's) keeps TensorBoard in <run>/tb, and a rerun
+    of the finished run says so instead of announcing a training."""
+    import shutil
+
+    from tests.training.test_tiny_cpu_recipe import assert_tensorboard_in
+
+    relative = Path("outputs") / f"test_quiet_{os.getpid()}"
+    args = ["-m", "nemo_erprm.train", "--config", "conf/tiny_cpu.yaml", "trainer.max_steps=2",
+            f"run.output_dir={relative}"]
+    try:
+        proc = run(args, env={"ERPRM_VERBOSE": ""}, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert len(lines) <= 30, "\n".join(lines)
+        assert any(line.startswith("step 2/2") for line in lines)
+        assert not has_warning("\n".join(lines))
+        run_dir = REPO / relative / "tiny_cpu"
+        assert "Apex" in (run_dir / "library.rank0.log").read_text()  # the hidden warnings are kept
+        assert_tensorboard_in(run_dir, REPO / relative)
+
+        again = run(args, env={"ERPRM_VERBOSE": ""}, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"nothing to train: {relative / 'tiny_cpu'} already finished its 2 steps (step=1-last)" in again.stdout
+        assert "step 1/2" not in again.stdout
+    finally:
+        shutil.rmtree(REPO / relative, ignore_errors=True)

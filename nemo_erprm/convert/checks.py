@@ -33,11 +33,13 @@ def check_safetensors_file(path) -> None:
 def check_convert_args(args: argparse.Namespace) -> None:
     """Argument and path checks that need no heavy import."""
     from nemo_erprm.embedded import resolve_model_path
+    from nemo_erprm.labeling.segmentation import check_step_tag
     from nemo_erprm.runtime.outdir import check_output_dir
 
     for flag, value in (("--tp", args.tp), ("--pp", args.pp)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    check_step_tag(args.step_tag, "--step-tag")
     try:
         _, gguf = resolve_model_path(args.hf_dir)
     except ConfigError as e:
@@ -45,6 +47,8 @@ def check_convert_args(args: argparse.Namespace) -> None:
     if gguf is None:
         from pathlib import Path
 
+        if not (Path(args.hf_dir) / "config.json").is_file():
+            raise ConfigError(f"--hf-dir {args.hf_dir}: no config.json (not a Hugging Face model folder)")
         for f in sorted(Path(args.hf_dir).glob("*.safetensors")):
             check_safetensors_file(f)
     check_output_dir(args.out, "--out", overwrite=None)

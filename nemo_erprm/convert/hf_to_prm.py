@@ -221,7 +221,7 @@ def resolve_tokens(tokenizer: Any, step_tag: str, head: str, plus: str, minus: s
 
     added = False
     try:
-        tag_id = step_tag_id(tokenizer, step_tag)
+        tag_id = step_tag_id(tokenizer, step_tag, add_token_hint="--add-step-tag-token")
     except StepTagTokenError:
         if not add_step_tag_token:
             raise

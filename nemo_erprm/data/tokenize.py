@@ -34,11 +34,12 @@ def single_token_id(tokenizer: Any, text: str) -> int | None:
     return None
 
 
-def step_tag_id(tokenizer: Any, step_tag: str, suggest: bool = True) -> int:
+def step_tag_id(tokenizer: Any, step_tag: str, suggest: bool = True,
+                add_token_hint: str = "data.add_step_tag_token=true") -> int:
     """The token id of ``step_tag`` in PRM-like text; :class:`StepTagTokenError` (listing
     single-token candidates when ``suggest``) if it is not exactly one token there."""
     probe = f"Question 12? Step one is 3 + 4 = 7. {step_tag}\nThe answer is 7. {step_tag}"
-    st = StepTokenizer(tokenizer, step_tag, 1 << 20, suggest=suggest)
+    st = StepTokenizer(tokenizer, step_tag, 1 << 20, suggest=suggest, add_token_hint=add_token_hint)
     st(probe, [0.0, 0.0])
     assert st.tag_id is not None
     return st.tag_id
@@ -61,6 +62,8 @@ def suggest_step_tags(tokenizer: Any, candidates: Sequence[str] = CANDIDATE_TAGS
 def add_step_tag_token(tokenizer: Any, step_tag: str) -> int:
     """Register ``step_tag`` as a special token; returns its id (the model must resize its
     embedding to ``len(tokenizer)``)."""
+    if not isinstance(step_tag, str) or not step_tag.strip():
+        raise StepTagTokenError(f"the step tag {step_tag!r} is blank: a blank special token would match everywhere")
     tokenizer.add_special_tokens({"additional_special_tokens": [step_tag]})
     return int(tokenizer.convert_tokens_to_ids(step_tag))
 
@@ -76,8 +79,13 @@ class TokenizedExample:
 class StepTokenizer:
     """Turns ``{"text", "values"}`` into token ids with validated single-token tags."""
 
-    def __init__(self, tokenizer: Any, step_tag: str, seq_length: int, suggest: bool = True):
-        self.suggest = suggest
+    def __init__(self, tokenizer: Any, step_tag: str, seq_length: int, suggest: bool = True,
+                 add_token_hint: str = "data.add_step_tag_token=true"):
+        """``add_token_hint``: how the caller's user adds the tag as a special token (the
+        training key, or a tool's flag), named in the error when the tag is not one token."""
+        self.suggest, self.add_token_hint = suggest, add_token_hint
+        if not isinstance(step_tag, str) or not step_tag.strip():
+            raise StepTagTokenError(f"the step tag {step_tag!r} is blank: use a non-blank tag such as 'ки'")
         if not getattr(tokenizer, "is_fast", False):
             raise StepTagTokenError("a fast (Rust) Hugging Face tokenizer is needed: tag checks use character offsets")
         self.tokenizer, self.step_tag, self.seq_length = tokenizer, step_tag, seq_length
@@ -88,7 +96,7 @@ class StepTokenizer:
         raise StepTagTokenError(
             f"the step tag {self.step_tag!r} is not a single token for this tokenizer ({detail}). Fix: use a tag "
             f"that is one token here (candidates: {candidates or 'none found'}), or add it as a special "
-            "token (data.add_step_tag_token=true; the embedding grows by one row)"
+            f"token ({self.add_token_hint}; the embedding grows by one row)"
         )
 
     def __call__(self, text: str, values: Sequence[float]) -> TokenizedExample | None:

@@ -35,7 +35,7 @@ from nemo_erprm.training.checkpoints import last_checkpoint
 DEMO_CONF = REPO / "conf" / "demo"
 # Measured on 2 CPU cores with SmolLM2-135M (estimates printed before each stage)
 SECONDS_PER = {"label_problem": 27.0, "convert": 65.0, "train_step": 6.0, "train_start": 35.0,
-               "scored_candidate": 0.3, "eval_start": 25.0}
+               "scored_candidate": 0.3, "eval_start": 25.0, "export": 25.0}
 
 
 @dataclass
@@ -98,8 +98,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                [py, "-m", "nemo_erprm.train", "--config", "conf/demo/train.yaml", f"run.output_dir={train_root}",
                 f"model.init_from={ckpts['lm_tokens']}", f"data.train={records}",
                 f"trainer.max_steps={cfg.train_steps}"],
-               train_root, SECONDS_PER["train_start"] + cfg.train_steps * SECONDS_PER["train_step"],
-               produced=lambda: last_checkpoint(train_root / "smollm2_prm") is not None)
+               train_root, SECONDS_PER["train_start"] + cfg.train_steps * SECONDS_PER["train_step"] + SECONDS_PER["export"],
+               produced=lambda: last_checkpoint(train_root / "smollm2_prm") is not None
+               and (train_root / "smollm2_prm" / "hf" / "prm_config.json").is_file())
     run_dir = train_root / "smollm2_prm"
     trained = last_checkpoint(run_dir)  # checked by the stage's `produced`
 

@@ -47,8 +47,14 @@ class SegmentationConfig:
             raise ConfigError(f"segmentation.rule must be one of {_RULES}, got {self.rule!r}")
         if self.min_chars < 0:
             raise ConfigError(f"segmentation.min_chars must be >= 0, got {self.min_chars}")
-        if not self.step_tag or not self.step_tag.strip():
-            raise ConfigError("segmentation.step_tag must be a non-blank string")
+        check_step_tag(self.step_tag, "segmentation.step_tag")
+
+
+def check_step_tag(step_tag: object, key: str) -> None:
+    """Refuse a step tag that is not a non-blank string (``key`` names the setting): an empty
+    tag occurs everywhere in every text, a blank one inside every step."""
+    if not isinstance(step_tag, str) or not step_tag.strip():
+        raise ConfigError(f"{key} must be a non-blank string, got {step_tag!r}")
 
 
 def _split_points(text: str, rule: str) -> list[int]:

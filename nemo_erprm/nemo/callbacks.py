@@ -38,3 +38,29 @@ class StepMetricsLogger(L.Callback):
             pl_module.log_dict({f"val_{k}": v / self._val_steps for k, v in self._val.items()}, batch_size=1)
             self.last_validation = {k: v / self._val_steps for k, v in self._val.items()}
             self.last_validation["num_steps"] = self._val_steps
+
+
+def _stop_on_signal_base():
+    from nemo.lightning.pytorch.callbacks import PreemptionCallback
+
+    return PreemptionCallback
+
+
+class StopOnSignal(_stop_on_signal_base()):
+    """NeMo's ``PreemptionCallback`` (the signal ends the current step, a checkpoint of it is
+    written, the run stops), with the exit status a launcher expects: 0 for Slurm's SIGUSR1 /
+    SIGTERM (the job is requeued and resumes), 130 for SIGINT (Ctrl-C: the run did not finish,
+    so a ``train && next`` chain must not go on). Without it Ctrl-C ended a run through
+    Lightning's KeyboardInterrupt path: exit 1, no checkpoint, no console line."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import signal
+        import sys
+
+        if not self.interrupted:  # a collective: every rank asks rank 0's flag
+            return
+        trainer.should_stop = True
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None:
+            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+        sys.exit(130 if self.sig == signal.SIGINT else 0)

@@ -100,8 +100,10 @@ class TrainingMetrics(L.Callback):
         self._t_last: Optional[float] = None
         self._t_start: Optional[float] = None
         self._start_step = 0
+        self.started = False  # Lightning skips the training loop of a run that already reached max_steps
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.started = True
         self._start_step = trainer.global_step
         self._t_start = self._t_last = time.perf_counter()
         if not is_metrics_rank():

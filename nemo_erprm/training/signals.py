@@ -20,7 +20,9 @@ import functools
 import signal
 from typing import Iterable
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# Slurm's time-limit warning, a cancel or preemption, and Ctrl-C (the terminal signals the
+# whole foreground process group, helpers included)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 def shield_spawned_helpers(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:

@@ -4,8 +4,9 @@ Lightning trainer with our callbacks, the logger (TensorBoard, W&B, checkpoints)
 from __future__ import annotations
 
 import os
-import signal
 from typing import TYPE_CHECKING, Any
+
+from nemo_erprm.training.signals import STOP_SIGNALS
 
 if TYPE_CHECKING:
     from nemo_erprm.training.config import TrainConfig
@@ -32,17 +33,14 @@ def build_strategy(cfg: TrainConfig, ddp: Any) -> Any:
 
 
 def build_callbacks(cfg: TrainConfig) -> list[Any]:
-    from nemo.lightning.pytorch.callbacks import PreemptionCallback
-
-    from nemo_erprm.nemo.callbacks import StepMetricsLogger
+    from nemo_erprm.nemo.callbacks import StepMetricsLogger, StopOnSignal
     from nemo_erprm.training.callbacks import FinalCheckpoint, StopAfterSteps, TrainingMetrics
 
     t = cfg.trainer
     callbacks = [
         StepMetricsLogger(),
         TrainingMetrics(str(cfg.run_dir), t.log_every_n_steps, cfg.logging.sample_ids, cfg.data.global_batch_size),
-        PreemptionCallback(signal.SIGUSR1),
-        PreemptionCallback(signal.SIGTERM),
+        *(StopOnSignal(sig) for sig in STOP_SIGNALS),  # USR1, TERM: exit 0 and resume; INT: exit 130
         FinalCheckpoint(),
     ]
     if t.stop_after_steps:
@@ -88,7 +86,8 @@ def build_trainer(cfg: TrainConfig, strategy: Any, schedule: Schedule, has_valid
 
 
 def build_logger(cfg: TrainConfig) -> Any:
-    """``NeMoLogger``: checkpoints in ``checkpoints/``, TensorBoard in ``tb/``, NeMo's logs in
+    """``NeMoLogger``: checkpoints in ``checkpoints/``, TensorBoard in ``tb/`` (events of every
+    restart in the one folder), W&B files in the run folder, NeMo's logs in
     ``logs/`` (on resume NeMo moves the files of its log folder into ``run_N/``, and
     ``metrics.jsonl`` must stay where it is)."""
     import nemo.lightning as nl
@@ -105,10 +104,11 @@ def build_logger(cfg: TrainConfig) -> Any:
         from lightning.pytorch.loggers import WandbLogger
 
         wandb = WandbLogger(project=cfg.logging.wandb_project, name=cfg.run.name, save_dir=str(run_dir))
-    return nl.NeMoLogger(
-        explicit_log_dir=str(run_dir / "logs"), ckpt=checkpoint, wandb=wandb,
-        tensorboard=TensorBoardLogger(save_dir=str(run_dir), name="tb") if cfg.logging.tensorboard else None,
-    )
+    # update_logger_directory=False: NeMo would re-root the loggers under its log folder joined
+    # with their relative save_dir (an absolute run.output_dir gave <run>/<output_dir>/<name>/tb)
+    tensorboard = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="") if cfg.logging.tensorboard else None
+    return nl.NeMoLogger(explicit_log_dir=str(run_dir / "logs"), ckpt=checkpoint, wandb=wandb,
+                         tensorboard=tensorboard, update_logger_directory=False)
 
 
 def build_resume(cfg: TrainConfig) -> Any:

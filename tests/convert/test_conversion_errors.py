@@ -70,6 +70,7 @@ def test_step_tag_not_single_token(tiny, tmp_path):
     proc = convert("--hf-dir", tiny, "--out", tmp_path / "o", "--step-tag", "<step>")
     assert proc.returncode == 2
     assert "'<step>' is not a single token" in proc.stderr and "candidates: ['ки'" in proc.stderr
+    assert "(--add-step-tag-token;" in proc.stderr  # this tool's flag, not the training key
     proc = convert("--hf-dir", tiny, "--out", tmp_path / "o", "--step-tag", "<step>", "--add-step-tag-token")
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "o" / "prm_config.json").read_text())
@@ -97,3 +98,25 @@ def test_rope_scaling_nemo_would_drop_is_refused(tiny, tmp_path):
     assert proc.returncode == 2
     assert "config.json: rope_scaling type 'linear' is not supported (only 'llama3' on Llama models)" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case", ["empty_step_tag", "blank_step_tag", "no_config_json"])
+def test_refused_before_any_model_loads(tiny, tmp_path, case):
+    """Checked with the arguments, before NeMo or the model load: an empty step tag used to loop
+    over the text until the machine ran out of memory (24 GB), and a folder without
+    config.json took ~13 s to refuse."""
+    hf_dir = tiny
+    extra = []
+    if case == "no_config_json":
+        hf_dir = tmp_path / "no_config"
+        shutil.copytree(tiny, hf_dir)
+        (hf_dir / "config.json").unlink()
+    else:
+        extra = ["--step-tag", "" if case == "empty_step_tag" else " "]
+    # the timeout bounds the old empty-tag path, which never finished
+    proc = subprocess.run([sys.executable, str(CONVERT), "--hf-dir", str(hf_dir), "--out", str(tmp_path / "o"), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert ("--step-tag must be a non-blank string" if "step_tag" in case else "no config.json") in lines[0]
+    assert "nemo" not in proc.stderr.lower() and not (tmp_path / "o").exists()

@@ -70,6 +70,16 @@ def test_split_tag_is_refused_with_candidates_and_fix(tok):
     assert "ки" in suggest_step_tags(tok)
 
 
+@pytest.mark.parametrize("tag", ["", " ", "\n"])
+def test_blank_tag_is_refused_at_once(tok, tag):
+    """An empty tag occurs at every offset of every text: the tag scan never ended (24 GB, then
+    killed). Refused when the tokenizer is built, and as a special token."""
+    with pytest.raises(StepTagTokenError, match="blank"):
+        StepTokenizer(tok, tag, seq_length=64)
+    with pytest.raises(StepTagTokenError, match="blank"):
+        add_step_tag_token(build_tokenizer(), tag)
+
+
 def test_tag_merging_with_neighbour_is_refused(tok):
     # a word that is one token: its tail used as a tag is swallowed by the word's token
     word = next(w for w in ("total", "money", "each", "there", "would")

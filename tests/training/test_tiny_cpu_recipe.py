@@ -28,6 +28,7 @@ def test_tiny_cpu_recipe_trains_exports_and_evaluates(shared_data, tmp_path):
     run_dir = tmp_path / "tiny_cpu"
     final = sorted((run_dir / "checkpoints").glob("*-last"))[-1]
     assert (run_dir / "hf" / "prm_config.json").exists()
+    assert_tensorboard_in(run_dir, tmp_path)
 
     candidates = tmp_path / "bon.jsonl"
     lines = (shared_data / "bon" / "gsm8k_test_4_model_solutions.jsonl").read_text().splitlines()[:4]
@@ -51,3 +52,11 @@ def test_tiny_cpu_recipe_trains_exports_and_evaluates(shared_data, tmp_path):
     picks = {name: [max(range(len(p["candidates"])), key=lambda i: min(p["candidates"][i]["step_scores"]))
                     for p in problems] for name, problems in scored.items()}
     assert picks["megatron"] == picks["hf"]
+
+
+def assert_tensorboard_in(run_dir: Path, root: Path) -> None:
+    """TensorBoard's event files are in ``<run>/tb`` (the README's place) and nowhere else under
+    ``root``: NeMo's logger used to re-root them under its own log folder."""
+    events = sorted(root.rglob("events.out.tfevents.*"))
+    assert events and {e.parent for e in events} == {run_dir / "tb"}, events
+

@@ -102,20 +102,24 @@ def test_stop_at_an_epoch_end_then_resume(setup, reference):
     assert_resumed_equals_reference(reference, out)
 
 
-def test_sigterm_mid_run_then_resume(setup, reference):
-    out = setup["work"] / "signalled"
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl_c"])
+def test_signal_mid_run_then_resume(setup, reference, sig, status):
+    """SIGTERM (Slurm's preemption) and Ctrl-C both end the step, checkpoint it and say so on the
+    console; Ctrl-C exits 130 (the run is not finished), SIGTERM 0 (the launcher requeues)."""
+    out = setup["work"] / f"signalled_{sig.name}"
     proc = subprocess.Popen(train_cmd() + overrides(setup, out), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     log = out / "tiny_cpu" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and '"step":2,' in log.read_text():
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             break
         time.sleep(0.1)
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-4000:]
-    assert "SIGTERM received: writing a checkpoint at step" in output
+    assert proc.returncode == status, output[-4000:]
+    assert f"{sig.name} received: writing a checkpoint at step" in output
+    assert not list((out / "tiny_cpu" / "checkpoints").glob("*-unfinished"))
     train, _ = metrics(out)
     stopped_at = max(train)
     assert 2 <= stopped_at < 24
