@@ -15,15 +15,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.model.prm_gpt import ERPRMGPTModel
+from nemo_erprm.model.settings import FP8_FORMATS, RECOMPUTE, TRANSFORMER_IMPLS  # noqa: F401 (re-exported)
 
-TRANSFORMER_IMPLS = ("local", "transformer_engine")
-# megatron activation-recompute settings by name (full: every layer, one layer per checkpoint)
-RECOMPUTE = {
-    "none": {},
-    "selective": {"recompute_granularity": "selective"},
-    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
-}
-FP8_FORMATS = (None, "hybrid", "e4m3")
 
 
 def have_transformer_engine() -> bool:

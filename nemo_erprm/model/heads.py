@@ -27,7 +27,8 @@ from megatron.core.tensor_parallel.utils import VocabUtility
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-HEAD_TYPES = ("lm_tokens", "scalar")
+from nemo_erprm.model.settings import HEAD_TYPES  # noqa: F401 (re-exported)
+
 
 
 def gather_step_hidden(hidden_states: torch.Tensor, step_mask: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:

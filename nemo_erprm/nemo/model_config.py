@@ -34,14 +34,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
-import torch
-
 from nemo_erprm.errors import ConfigError
-from nemo_erprm.model.build import FP8_FORMATS, RECOMPUTE, check_precision_switch
-from nemo_erprm.model.heads import HEAD_TYPES
+from nemo_erprm.model.settings import FP8_FORMATS, HEAD_TYPES, RECOMPUTE
 from nemo_erprm.yaml_config import Range
 
-PRECISIONS = {"bf16": ("bf16-mixed", torch.bfloat16), "fp16": ("16-mixed", torch.float16), "fp32": ("32", torch.float32)}
+# model.precision -> (Lightning's precision plugin name, torch dtype name); torch is imported
+# where the dtype is needed (precision_dtype), so configs load without it
+PRECISIONS = {"bf16": ("bf16-mixed", "bfloat16"), "fp16": ("16-mixed", "float16"), "fp32": ("32", "float32")}
+
+
+def precision_dtype(precision: str) -> Any:
+    """The torch dtype of ``model.precision`` (bf16, fp16, fp32)."""
+    import torch
+
+    return getattr(torch, PRECISIONS[precision][1])
 FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
 _SHAPE_FIELDS = (
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
@@ -111,6 +117,8 @@ class ModelConfig:
         if self.sequence_parallel and self.tensor_model_parallel_size < 2:
             raise ConfigError("model.sequence_parallel needs tensor_model_parallel_size >= 2")
         try:
+            from nemo_erprm.model.build import check_precision_switch
+
             check_precision_switch(self.transformer_impl, self.fp8)
         except ConfigError as e:
             raise ConfigError(f"model: {e}") from None
@@ -139,6 +147,8 @@ class ModelConfig:
 
 def gpu_compute_capability() -> Optional[tuple[int, int]]:
     """(major, minor) of the current CUDA device; None without CUDA (nothing to check)."""
+    import torch
+
     if not torch.cuda.is_available():
         return None
     return tuple(torch.cuda.get_device_capability())
@@ -180,7 +190,7 @@ def build_erprm_config(cfg: ModelConfig, tokenizer: Any = None, **extra: Any):
 
     cfg.validate()
     plus, minus = label_token_ids(tokenizer, cfg) if tokenizer is not None else (None, None)
-    _, dtype = PRECISIONS[cfg.precision]
+    dtype = precision_dtype(cfg.precision)
     kwargs: dict[str, Any] = {f: getattr(cfg, f) for f in _SHAPE_FIELDS if getattr(cfg, f) is not None}
     kwargs.update(
         head=cfg.head,
@@ -220,7 +230,7 @@ def build_precision_plugin(cfg: ModelConfig):
     import nemo.lightning as nl
 
     cfg.validate()
-    precision, dtype = PRECISIONS[cfg.precision]
+    precision, dtype = PRECISIONS[cfg.precision][0], precision_dtype(cfg.precision)
     fp8 = {"fp8": cfg.fp8, "fp8_recipe": cfg.fp8_recipe} if cfg.fp8 else {}
     return nl.MegatronMixedPrecision(precision=precision, params_dtype=dtype, pipeline_dtype=dtype, **fp8)
 

@@ -13,7 +13,7 @@ from typing import ClassVar, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from nemo_erprm.data.collate import PAD_TO, check_seq_length
+from nemo_erprm.data.layout import PAD_TO, check_seq_length
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.jsonl import check_utf8
 from nemo_erprm.yaml_config import Range, check_numbers, load_structured

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def effective_pad_to(cfg: TrainConfig) -> str:
     """``data.pad_to`` as this run uses it (:func:`nemo_erprm.data.collate.effective_pad_to`)."""
-    from nemo_erprm.data.collate import effective_pad_to as for_stages
+    from nemo_erprm.data.layout import effective_pad_to as for_stages
 
     return for_stages(cfg.data.pad_to, cfg.model.pipeline_model_parallel_size)
 

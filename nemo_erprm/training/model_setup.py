@@ -36,7 +36,7 @@ def build_prm_config(cfg: TrainConfig, tokenizer: Any) -> Any:
     spec use THD attention (``model.packed_attention``); packed rows under the local spec need
     per-row RoPE positions, which fused RoPE cannot take: fusion is turned off (the run's
     effective settings say so, :func:`nemo_erprm.training.effective.effective_settings`)."""
-    from nemo_erprm.nemo.model_config import PRECISIONS, build_erprm_config, set_config_fields
+    from nemo_erprm.nemo.model_config import build_erprm_config, precision_dtype, set_config_fields
 
     m = cfg.model
     thd = m.uses_thd(cfg.data.packing)
@@ -50,7 +50,7 @@ def build_prm_config(cfg: TrainConfig, tokenizer: Any) -> Any:
         if m.step_tag != prm.step_tag or m.head != prm.head:
             raise ConfigError(f"model.init_from {m.init_from} has head={prm.head!r}, step tag {prm.step_tag!r}; "
                               f"the config says head={m.head!r}, step_tag={m.step_tag!r}")
-        _, dtype = PRECISIONS[m.precision]
+        dtype = precision_dtype(m.precision)
         recompute_off = dict(recompute_granularity=None, recompute_method=None, recompute_num_layers=None)
         layout = dict(
             tensor_model_parallel_size=m.tensor_model_parallel_size,
@@ -87,10 +87,10 @@ def build_optimizer(cfg: TrainConfig, max_steps: int, on_gpu: bool) -> Any:
     from megatron.core.optimizer import OptimizerConfig
     from nemo.lightning.pytorch.optim import CosineAnnealingScheduler
 
-    from nemo_erprm.nemo.model_config import PRECISIONS
+    from nemo_erprm.nemo.model_config import precision_dtype
 
     m, o = cfg.model, cfg.optim
-    _, dtype = PRECISIONS[m.precision]
+    dtype = precision_dtype(m.precision)
     dist_opt = uses_distributed_optimizer(cfg, on_gpu)
     if dist_opt:
         from nemo_erprm.runtime.dist_optimizer import make_dist_optimizer_checkpointable

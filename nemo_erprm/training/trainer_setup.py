@@ -79,6 +79,7 @@ def build_trainer(cfg: TrainConfig, strategy: Any, schedule: Schedule, has_valid
         log_every_n_steps=t.log_every_n_steps,
         use_distributed_sampler=False,
         enable_progress_bar=False,  # one line per step from TrainingMetrics instead
+        logger=False,  # build_logger's NeMoLogger adds ours; Lightning's default would write ./lightning_logs
         strategy=strategy,
         plugins=plugins,
         callbacks=build_callbacks(cfg),

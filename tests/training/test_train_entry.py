@@ -107,6 +107,8 @@ def test_signal_mid_run_then_resume(setup, reference, sig, status):
     """SIGTERM (Slurm's preemption) and Ctrl-C both end the step, checkpoint it and say so on the
     console; Ctrl-C exits 130 (the run is not finished), SIGTERM 0 (the launcher requeues)."""
     out = setup["work"] / f"signalled_{sig.name}"
+    stray = REPO / "lightning_logs"  # Lightning's default logger, when no logger of ours is on
+    stray_before = stray.exists()
     proc = subprocess.Popen(train_cmd() + overrides(setup, out), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     log = out / "tiny_cpu" / "metrics.jsonl"
@@ -120,6 +122,7 @@ def test_signal_mid_run_then_resume(setup, reference, sig, status):
     assert proc.returncode == status, output[-4000:]
     assert f"{sig.name} received: writing a checkpoint at step" in output
     assert not list((out / "tiny_cpu" / "checkpoints").glob("*-unfinished"))
+    assert stray_before or not stray.exists()  # logging.tensorboard=false writes no TensorBoard files anywhere
     train, _ = metrics(out)
     stopped_at = max(train)
     assert 2 <= stopped_at < 24
