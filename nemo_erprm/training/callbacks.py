@@ -208,3 +208,27 @@ class FinalCheckpoint(L.Callback):
         if ckpt is None or trainer.global_step == 0 or ckpt._last_global_step_saved == trainer.global_step:
             return
         ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+
+
+class ValidateAtIntervalAndEnd(L.Callback):
+    """Validation every ``trainer.val_check_interval`` optimizer steps and after the last one,
+    not also at every epoch's end. Lightning 2.4's epoch loop validates after the last batch of
+    each epoch whenever the training step reads a dataloader iterator
+    (``_TrainingEpochLoop._should_check_val_fx``: ``is_last_batch and isinstance(data_fetcher,
+    _DataLoaderIterDataFetcher)``), which NeMo's megatron strategy always does. The rule of the
+    loop in use is kept and only narrowed (a stop request still validates); it is wrapped at
+    train start because ``llm.train`` replaces the epoch loop (NeMo's no-validation-on-restart
+    loop) after the trainer is built."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        loop_rule = loop._should_check_val_fx
+
+        def should_check_val(data_fetcher: Any) -> bool:
+            if not loop_rule(data_fetcher):
+                return False
+            step = loop.global_step  # optimizer steps done, this one included
+            return step % trainer.val_check_batch == 0 or step >= trainer.max_steps or trainer.should_stop
+
+        loop._should_check_val_fx = should_check_val
+

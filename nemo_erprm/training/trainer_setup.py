@@ -34,7 +34,8 @@ def build_strategy(cfg: TrainConfig, ddp: Any) -> Any:
 
 def build_callbacks(cfg: TrainConfig) -> list[Any]:
     from nemo_erprm.nemo.callbacks import StepMetricsLogger, StopOnSignal
-    from nemo_erprm.training.callbacks import FinalCheckpoint, StopAfterSteps, TrainingMetrics
+    from nemo_erprm.training.callbacks import (FinalCheckpoint, StopAfterSteps, TrainingMetrics,
+                                               ValidateAtIntervalAndEnd)
 
     t = cfg.trainer
     callbacks = [
@@ -42,6 +43,7 @@ def build_callbacks(cfg: TrainConfig) -> list[Any]:
         TrainingMetrics(str(cfg.run_dir), t.log_every_n_steps, cfg.logging.sample_ids, cfg.data.global_batch_size),
         *(StopOnSignal(sig) for sig in STOP_SIGNALS),  # USR1, TERM: exit 0 and resume; INT: exit 130
         FinalCheckpoint(),
+        ValidateAtIntervalAndEnd(),
     ]
     if t.stop_after_steps:
         callbacks.append(StopAfterSteps(t.stop_after_steps))
