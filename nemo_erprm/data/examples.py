@@ -80,8 +80,12 @@ def held_out(group: str, fraction: float) -> bool:
 
 def load_examples(path: str | Path, fmt: str = "auto", eta: float = 2.0, step_tag: str = "ки") -> list[dict[str, Any]]:
     """All examples of a JSONL file, validated before anything is tokenized."""
-    out = []
+    out, seen = [], set()
     for line, record in iter_jsonl(path):
+        if "step_rewards" in record and isinstance(record.get("id"), str):
+            if record["id"] in seen:  # a labeling record written twice (two runs of one shard): once
+                continue
+            seen.add(record["id"])
         example = to_example(record, fmt, eta, step_tag, str(path), line)
         if any(not 0.0 <= v <= 1.0 for v in example["values"]):
             raise RecordError(path, line, "labels must lie in [0, 1]")

@@ -1,17 +1,18 @@
 """On-disk cache of step scores keyed by (scorer fingerprint, question, steps).
 
 Append-only JSONL (one fsync'd write per scored batch): an interrupted evaluation keeps
-every batch it finished, and re-running with another aggregation or N scores nothing.
+every batch it finished, and re-running with another aggregation or N scores nothing. Each key
+is read once: a file that holds keys twice (two runs on one ``--out`` before runs took a lock)
+is rewritten with the first of each when it is opened.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from nemo_erprm.jsonl import JsonlAppender, repair_partial_tail
+from nemo_erprm.jsonl import JsonlAppender, RecordError, iter_jsonl, repair_partial_tail, write_jsonl_atomic
 
 Item = tuple[str, Sequence[str]]
 
@@ -29,9 +30,14 @@ class ScoreCache:
         self.scores: dict[str, list[float]] = {}
         if self.path.exists():
             repair_partial_tail(self.path)
-            for line in self.path.read_text().splitlines():
-                rec = json.loads(line)
-                self.scores[rec["key"]] = rec["scores"]
+            lines = 0
+            for line, rec in iter_jsonl(self.path):
+                if not isinstance(rec.get("key"), str) or not isinstance(rec.get("scores"), list):
+                    raise RecordError(self.path, line, "a score cache line needs 'key' (string) and 'scores' (list)")
+                self.scores.setdefault(rec["key"], rec["scores"])
+                lines += 1
+            if lines > len(self.scores):
+                write_jsonl_atomic(self.path, ({"key": k, "scores": v} for k, v in self.scores.items()))
         self._out: Optional[JsonlAppender] = None
 
     def score(self, fingerprint: str, items: Sequence[Item], scorer: Callable[[Sequence[Item]], list[list[float]]],

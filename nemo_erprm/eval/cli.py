@@ -62,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generate_candidates(args: argparse.Namespace, out_dir: Path) -> Path:
-    """Sample candidates with a labeling backend; written as an 'ours' candidate file."""
-    from nemo_erprm.jsonl import write_jsonl_atomic
+    """Sample candidates with a labeling backend into ``OUT/candidates.jsonl`` (an 'ours' candidate
+    file), one line per problem, appended and fsync'd as each problem finishes. A rerun with the
+    same settings (``OUT/candidates.settings.json``) keeps those lines and samples the others;
+    problem i is seeded with ``--seed + i`` whatever ran before, so the file equals an
+    uninterrupted run's."""
+    from dataclasses import asdict
+
+    from nemo_erprm.eval.report import file_sha256
+    from nemo_erprm.jsonl import JsonlAppender
     from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
     from nemo_erprm.labeling.problems import InputConfig, load_problems
 
@@ -76,17 +83,59 @@ def generate_candidates(args: argparse.Namespace, out_dir: Path) -> Path:
         from nemo_erprm.labeling.config import load_label_config
 
         prompt = load_label_config(args.prompt_config).prompt
-    backend = build_backend(BackendConfig(name=args.backend, model=args.policy), sampling, prompt)
-    records = []
-    for i, prob in enumerate(problems):
-        texts = backend.generate([backend.format_prompt(prob.question)], args.generate, seed=args.seed + i)[0]
-        records.append({"id": prob.id, "question": prob.question, "gold": prob.gold, "candidates": texts})
-        if not args.no_progress:
-            print(f"generated {i + 1}/{len(problems)}", file=sys.stderr)
-    backend.close()
+    policy = Path(args.policy)
+    settings = {  # what the candidates depend on (not --limit: problem i's candidates do not depend on it)
+        "policy": str(policy.resolve()) if policy.exists() else args.policy, "backend": args.backend,
+        "problems_sha256": file_sha256(Path(args.problems)), "problems_format": args.problems_format,
+        "n": args.generate, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed, "prompt": asdict(prompt),
+    }
     path = out_dir / "candidates.jsonl"
-    write_jsonl_atomic(path, records)
+    done = _generated_before(path, out_dir / "candidates.settings.json", settings)
+    pending = [(i, p) for i, p in enumerate(problems) if p.id not in done]
+    if done:
+        print(f"{len(problems) - len(pending)} of {len(problems)} problems' candidates found in {path}; "
+              f"sampling the other {len(pending)}", file=sys.stderr)
+    if not pending:
+        return path
+    backend = build_backend(BackendConfig(name=args.backend, model=args.policy), sampling, prompt)
+    try:
+        with JsonlAppender(path) as out:
+            for k, (i, prob) in enumerate(pending, start=len(problems) - len(pending) + 1):
+                texts = backend.generate([backend.format_prompt(prob.question)], args.generate, seed=args.seed + i)[0]
+                out.append([{"id": prob.id, "question": prob.question, "gold": prob.gold, "candidates": texts}])
+                if not args.no_progress:
+                    print(f"generated {k}/{len(problems)}", file=sys.stderr)
+    finally:
+        backend.close()
     return path
+
+
+def _generated_before(path: Path, settings_path: Path, settings: dict) -> set[str]:
+    """Ids of the problems ``path`` already holds, after checking that they were generated with
+    ``settings`` (recorded beside it by the first run) and cutting a partial last line."""
+    import json
+
+    from nemo_erprm.errors import RunStateError
+    from nemo_erprm.jsonl import create_file_once, iter_jsonl, repair_partial_tail
+    from nemo_erprm.labeling.runner import differing_keys
+
+    if path.exists() and not settings_path.exists():
+        raise RunStateError(f"{path}: candidates without {settings_path.name} (their generation settings); "
+                            f"delete it to generate again, or choose another --out")
+    wanted = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+    saved = json.loads(create_file_once(settings_path, json.dumps(wanted, indent=2, sort_keys=True) + "\n"))
+    if saved != wanted:
+        diff = differing_keys(saved, wanted)
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:4])
+        raise RunStateError(f"{settings_path}: --out holds candidates generated with other settings ({shown}); "
+                            f"choose another --out, or delete {path.name} and {settings_path.name} there")
+    repair_partial_tail(path)
+    done: set[str] = set()
+    if path.exists():
+        for _, record in iter_jsonl(path):
+            done.add(str(record.get("id")))
+    return done
 
 
 def score_all(scorer, items, cache_path: Path, batch_size: int, progress: bool, label: str):
@@ -114,10 +163,13 @@ def run(args: argparse.Namespace) -> dict:
     from nemo_erprm.runtime.logs import quiet_third_party
 
     quiet_third_party("best_of_n", args.verbose)  # library warnings to OUT/library.log
+    from nemo_erprm.runtime.run_lock import acquire_run_lock
+
     out_dir = Path(args.out)
     created = not out_dir.exists()
     try:
-        return _run_into(args, aggregations, out_dir)
+        with acquire_run_lock(out_dir, "run", f"--out {out_dir}"):  # one run per --out folder
+            return _run_into(args, aggregations, out_dir)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no empty --out folder behind
@@ -142,7 +194,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--prompt-config {args.prompt_config}: no such file")
     if args.candidates and not Path(args.candidates).is_file():
         raise ConfigError(f"--candidates {args.candidates}: no such file")
-    if args.scorer != "none" and not Path(args.scorer).is_dir():
+    from nemo_erprm.eval.scorers import scorer_path
+
+    if args.scorer != "none" and not scorer_path(args.scorer).is_dir():
         raise ConfigError(f"--scorer {args.scorer}: no such folder (or 'none')")
 
 

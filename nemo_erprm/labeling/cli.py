@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from nemo_erprm.errors import ArgumentParser, ConfigError, run_reporting_errors
-from nemo_erprm.jsonl import iter_jsonl, write_jsonl_atomic
+from nemo_erprm.jsonl import write_jsonl_atomic
 
 SUBCOMMANDS = ("run", "merge", "relabel", "export")
 
@@ -54,13 +54,10 @@ def _check_out_file(path: str) -> None:
 
 
 def _read_records(path: str) -> list[dict]:
-    from nemo_erprm.labeling.records import validate_record
+    """Validated records, each id once (see :func:`nemo_erprm.labeling.runner.read_records`)."""
+    from nemo_erprm.labeling.runner import read_records
 
-    records = []
-    for line, r in iter_jsonl(path):
-        validate_record(r, path, line)
-        records.append(r)
-    return records
+    return read_records(path)
 
 
 def cmd_run(argv: Sequence[str]) -> int:

@@ -6,6 +6,13 @@ Layout of ``output.dir``::
     records.shard-00000-of-00002.jsonl        # one per shard, append-only, one line per record
     summary.shard-00000-of-00002.json         # written when the shard finishes
     records.jsonl                             # after `merge`: all shards in input order
+    records.shard-00000-of-00002.lock         # while a run labels that shard (see below)
+
+One run per shard: a run holds its shard's lock file (:mod:`nemo_erprm.runtime.run_lock`)
+from before its first write to its end, so the array tasks of one job (one shard each) run side
+by side while a second run of the same shard is refused, naming the holder; a lock left by a
+killed run is taken over. Readers keep the first of records with the same id (written twice by
+two runs of one shard before the lock existed).
 
 Every problem is written with one append + fsync once all its records exist, so a SIGKILL
 loses at most the problem in flight; a restart cuts a partial last line, skips finished
@@ -16,6 +23,7 @@ sharding, restarts or order.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +40,7 @@ from nemo_erprm.labeling.er_label import eta_key
 from nemo_erprm.labeling.problems import load_problems
 from nemo_erprm.labeling.records import validate_record
 from nemo_erprm.labeling.rollouts import label_problems
+from nemo_erprm.runtime.run_lock import acquire_run_lock
 
 
 class _CountingBackend:
@@ -59,13 +68,17 @@ class _CountingBackend:
         return getattr(self._inner, name)
 
 
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"shard-{shard:05d}-of-{num_shards:05d}"
+
+
 def shard_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
-    return Path(out_dir) / f"records.shard-{shard:05d}-of-{num_shards:05d}.jsonl"
+    return Path(out_dir) / f"records.{shard_name(shard, num_shards)}.jsonl"
 
 
 def summary_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
     """Written last, when the shard has labeled all its problems: its presence marks the shard complete."""
-    return Path(out_dir) / f"summary.shard-{shard:05d}-of-{num_shards:05d}.json"
+    return Path(out_dir) / f"summary.{shard_name(shard, num_shards)}.json"
 
 
 def _check_shard_count(out_dir: Path, num_shards: int) -> None:
@@ -139,6 +152,26 @@ def check_run_inputs(cfg: LabelConfig, check_model: bool = True) -> None:
             resolve_model_path(cfg.backend.model)
         except ConfigError as e:
             raise ConfigError(f"backend.model={cfg.backend.model}: {e}") from None
+        if cfg.backend.name == "vllm":  # GGUF, and settings vLLM's platform cannot run
+            from nemo_erprm.labeling.backends.vllm_backend import check_vllm_backend
+
+            check_vllm_backend(cfg.backend)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The validated records of a file, each id once: a record written twice (two runs of one
+    shard before runs took a lock) is kept where it first appears, with a note."""
+    records, seen, repeated = [], set(), 0
+    for line, record in iter_jsonl(path):
+        validate_record(record, str(path), line)
+        if record["id"] in seen:
+            repeated += 1
+            continue
+        seen.add(record["id"])
+        records.append(record)
+    if repeated:
+        print(f"note: {path}: {repeated} records repeat an earlier record's id; each id is read once", file=sys.stderr)
+    return records
 
 
 def _finished_problems(path: Path) -> set[str]:
@@ -181,22 +214,31 @@ def run_labeling(
 ) -> RunResult:
     """Label every pending problem of this shard and return what was done.
 
-    ``backend`` may be passed in (tests, the demo) to reuse a loaded model.
+    ``backend`` may be passed in (tests, the demo) to reuse a loaded model. Another run of the
+    same shard of ``output.dir`` still running: :class:`RunLockedError`, before anything is written.
     """
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard must be in [0, {num_shards}), got {shard}")
     start = time.time()
     problems = load_problems(cfg.input, cfg.segmentation.step_tag)  # validate before generating
     check_run_inputs(cfg, check_model=backend is None)
+    out_dir = Path(cfg.output.dir)
+    with acquire_run_lock(out_dir, f"records.{shard_name(shard, num_shards)}",
+                          f"output.dir={out_dir} (shard {shard} of {num_shards})"):
+        return _label_shard(cfg, problems, shard, num_shards, backend, progress, on_problem_done, start)
+
+
+def _label_shard(cfg: LabelConfig, problems: list, shard: int, num_shards: int, backend: GenerationBackend | None,
+                 progress: bool, on_problem_done: Callable[[str], None] | None, start: float) -> RunResult:
+    """:func:`run_labeling`'s work, while its shard's lock is held."""
     mine = [(i, p) for i, p in enumerate(problems) if i % num_shards == shard]
     out_dir = Path(cfg.output.dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_identity(out_dir, cfg)
     _check_shard_count(out_dir, num_shards)
     summary_path(out_dir, shard, num_shards).unlink(missing_ok=True)  # complete again only when done below
     from nemo_erprm.runtime.logs import set_log_file
 
-    set_log_file(out_dir / f"library.shard-{shard:05d}-of-{num_shards:05d}.log")  # when the CLI filters logs
+    set_log_file(out_dir / f"library.{shard_name(shard, num_shards)}.log")  # when the CLI filters logs
     path = shard_path(out_dir, shard, num_shards)
     done = _finished_problems(path)
     pending = [(i, p) for i, p in mine if p.id not in done]
@@ -232,8 +274,7 @@ def run_labeling(
                 on_problem_done(problem.id)
     bar.close()
 
-    all_records = [r for _, r in iter_jsonl(path)]
-    summary = summarize(all_records, cfg.etas)
+    summary = summarize(read_records(path), cfg.etas)
     summary.update(shard=shard, num_shards=num_shards, problems_in_shard=len(mine), completions_this_run=completions)
     _write_shard_summary(summary_path(out_dir, shard, num_shards), summary)
     return RunResult(path, len(mine), len(mine) - len(pending), len(pending), written, completions,
@@ -259,9 +300,9 @@ def incomplete_shards(out_dir: Path, num_shards: int) -> list[str]:
         except (OSError, ValueError):
             problems.append(f"shard {shard}: not finished (no {summary.name})")
             continue
-        lines = sum(1 for _ in iter_jsonl(records))
-        if done.get("records") != lines:
-            problems.append(f"shard {shard}: {lines} records but its summary counts {done.get('records')}")
+        ids = len({r.get("id") for _, r in iter_jsonl(records)})  # as the summary counts them: each id once
+        if done.get("records") != ids:
+            problems.append(f"shard {shard}: {ids} records but its summary counts {done.get('records')}")
     return problems
 
 
@@ -290,9 +331,7 @@ def merge_shards(out_dir: str | Path, output: str | Path | None = None) -> tuple
     records = []
     for f in files:
         repair_partial_tail(f)
-        for line, r in iter_jsonl(f):
-            validate_record(r, str(f), line)
-            records.append(r)
+        records += read_records(f)
     ids = Counter(r["id"] for r in records)
     dup = [k for k, v in ids.items() if v > 1]
     if dup:

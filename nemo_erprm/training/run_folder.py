@@ -1,10 +1,12 @@
-"""The run folder (``run.output_dir/run.name``): its resolved ``config.yaml``, the check that a
-rerun continues the same run, and the tokenizer of a randomly initialised model."""
+"""The run folder (``run.output_dir/run.name``): its lock (one launch at a time), its resolved
+``config.yaml``, the check that a rerun continues the same run, and the tokenizer of a randomly
+initialised model."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.training.launch import global_rank
@@ -17,6 +19,28 @@ if TYPE_CHECKING:
 RESUME_IDENTITY = ("data", "model.init_from", "model.head", "model.step_tag", "model.tokenizer", "run.seed")
 # ... except these data keys, which change the speed, not what is trained (nor its order)
 RESUME_FREE_DATA_KEYS = ("pad_to",)
+
+
+@contextlib.contextmanager
+def hold_run_folder(cfg: TrainConfig) -> Iterator[None]:
+    """Hold ``run.lock`` in the run folder while the body runs, so a second launch on the same
+    folder is refused (exit 2, naming the holder) instead of training over this one's checkpoints.
+
+    One launch is many processes (torchrun ranks, srun tasks on several nodes); global rank 0
+    (``RANK``, else ``SLURM_PROCID``) holds the lock for all of them and the other ranks never
+    touch it, so they cannot refuse their own launch. When rank 0 of a second launch is refused
+    and exits, its launcher ends that launch's other ranks (torchrun's agent stops the workers
+    when one fails; ``slurm/train_erprm.sh`` runs srun with ``--kill-on-bad-exit=1``) before
+    they have written anything but their log lines. A lock left by a killed launch is taken over
+    (:mod:`nemo_erprm.runtime.run_lock`), also by the same Slurm job once requeued on another node.
+    """
+    if global_rank() != 0:
+        yield
+        return
+    from nemo_erprm.runtime.run_lock import acquire_run_lock
+
+    with acquire_run_lock(cfg.run_dir, "run", f"run folder {cfg.run_dir}"):
+        yield
 
 
 def prepare_run_dir(cfg: TrainConfig) -> None:
