@@ -33,8 +33,17 @@ def run_reporting_errors(fn, *args, **kwargs) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()  # the message starts on a line of its own, not after a bar
         print("interrupted: finished work is saved; rerun the same command to continue", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    import sys
+
+    tqdm = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -327,6 +327,10 @@ def print_summary(curves) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.no_progress:
+        from nemo_erprm.runtime.logs import hide_progress_bars
+
+        hide_progress_bars()  # before anything imports tqdm
     return run_reporting_errors(run, args)
 
 

@@ -61,9 +61,6 @@ def _read_records(path: str) -> list[dict]:
 
 
 def cmd_run(argv: Sequence[str]) -> int:
-    from nemo_erprm.labeling.config import dump_config, load_label_config
-    from nemo_erprm.labeling.runner import run_labeling
-
     p = ArgumentParser(prog="label_rollouts.py run", description="Label rollouts with ER labels.")
     p.add_argument("--config", help="YAML config (conf/label_*.yaml); schema defaults otherwise")
     p.add_argument("--shard", type=int, default=int(os.environ.get("ERPRM_SHARD", 0)))
@@ -73,6 +70,13 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--verbose", action="store_true", help="show other libraries' warnings and logs on the console")
     p.add_argument("overrides", nargs="*", help="OmegaConf overrides, e.g. sampling.n=16 input.limit=100")
     args = p.parse_intermixed_args(argv)  # overrides before and after options
+    if args.no_progress:
+        from nemo_erprm.runtime.logs import hide_progress_bars
+
+        hide_progress_bars()  # before anything imports tqdm
+    from nemo_erprm.labeling.config import dump_config, load_label_config
+    from nemo_erprm.labeling.runner import run_labeling
+
     cfg = load_label_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(cfg))
@@ -90,6 +94,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     )
     for key, hist in s["label_histogram"].items():
         print(f"  eta={key:>5} label histogram [0,.1)..[.9,1]: {hist}")
+    if s["truncated_completions"]:
+        print(f"  {s['truncated_completions']} completions of this shard stopped at sampling.max_new_tokens="
+              f"{cfg.sampling.max_new_tokens} before an answer (graded as written; raise it if answers are cut)")
     print(f"records: {result.records_path}")
     return 0
 

@@ -44,24 +44,22 @@ from nemo_erprm.runtime.run_lock import acquire_run_lock
 
 
 class _CountingBackend:
-    """A backend that updates the progress bar after every generation call: one problem holds
-    many of them (each step prefix), and a bar updated per problem sat at 0% for minutes."""
+    """A backend whose completions move the progress bar: each ``run`` adds what it plans to the
+    bar's total, and the backend reports completions as they finish (``on_completions``, per
+    batch with ``hf``) or, if it does not, all at the end of the call. A window of problems is
+    one call, so a bar counting problems sat at 0 for the whole window."""
 
-    def __init__(self, inner: GenerationBackend, bar: Any, start: float):
-        self._inner, self._bar, self._start, self._done = inner, bar, start, 0
-
-    def generate(self, prompts, *args, **kwargs):
-        out = self._inner.generate(prompts, *args, **kwargs)
-        self._done += sum(len(x) for x in out)
-        rate = self._done / max(time.time() - self._start, 1e-9)
-        self._bar.set_postfix(completions=self._done, completions_per_s=f"{rate:.2f}", refresh=True)
-        return out
+    def __init__(self, inner: GenerationBackend, bar: Any):
+        self._inner, self._bar = inner, bar
+        inner.on_completions = bar.update
 
     def run(self, requests):
+        planned = sum(r.n for r in requests)
+        self._bar.total += planned
+        self._bar.refresh()
+        before = self._bar.n
         out = self._inner.run(requests)
-        self._done += sum(len(x) for x in out)
-        rate = self._done / max(time.time() - self._start, 1e-9)
-        self._bar.set_postfix(completions=self._done, completions_per_s=f"{rate:.2f}", refresh=True)
+        self._bar.update(planned - (self._bar.n - before))  # what the backend did not report itself
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -248,18 +246,15 @@ def _label_shard(cfg: LabelConfig, problems: list, shard: int, num_shards: int, 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=len(mine),
-        initial=len(mine) - len(pending),
-        desc=f"label shard {shard}/{num_shards}",
-        unit="problem",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    # completions, not problems: a window of problems is generated at once (the total grows as
+    # each window is planned); problems done are in the bar's postfix
+    bar = tqdm(total=0, desc=f"label shard {shard}/{num_shards}", unit="completion", disable=not progress,
+               dynamic_ncols=True)
+    bar.set_postfix(problems=f"{len(mine) - len(pending)}/{len(mine)}", refresh=False)
     written = completions = 0
-    gen_start = time.time()  # throughput excludes model loading
+    finished = len(mine) - len(pending)
     if backend is not None and progress:
-        backend = _CountingBackend(backend, bar, gen_start)  # the bar moves within a problem too
+        backend = _CountingBackend(backend, bar)
     with JsonlAppender(path) as out:
         for index, problem, records, stats in label_problems(pending, cfg, backend):
             for r in records:
@@ -267,9 +262,8 @@ def _label_shard(cfg: LabelConfig, problems: list, shard: int, num_shards: int, 
             out.append(records)
             written += len(records)
             completions += stats.completions
-            elapsed = max(time.time() - gen_start, 1e-9)
-            bar.set_postfix(completions=completions, completions_per_s=f"{completions / elapsed:.2f}", records=written)
-            bar.update(1)
+            finished += 1
+            bar.set_postfix(problems=f"{finished}/{len(mine)}", records=written)
             if on_problem_done:
                 on_problem_done(problem.id)
     bar.close()

@@ -145,3 +145,12 @@ def _flush_held() -> None:
         if _state["count"]:
             print(f"({_state['count']} library warnings/log lines hidden: {_state['path']}; "
                   f"{VERBOSE_ENV}=1 or --verbose shows them)", file=sys.stderr)
+
+
+def hide_progress_bars() -> None:
+    """``--no-progress``: no library's progress bar either. transformers' GGUF loader (the
+    embedded SmolLM2) draws a plain tqdm bar, which reads ``TQDM_DISABLE`` when tqdm is first
+    imported: call this before anything imports tqdm. Child processes inherit it."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.labeling.backends.plan import Completion, Request, encode_prompt, prompt_requests
@@ -132,6 +132,8 @@ class GenerationBackend(ABC):
     name: str = "base"
     tokenizer: Any
     prompt_cfg: PromptConfig
+    # called with a count as completions finish inside ``run`` (progress bars); None: nobody asks
+    on_completions: Optional[Callable[[int], None]] = None
 
     def format_prompt(self, question: str) -> str:
         """The policy prompt for ``question`` (solution text is appended after it)."""

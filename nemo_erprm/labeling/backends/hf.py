@@ -85,6 +85,8 @@ class HFBackend(GenerationBackend):
             done = self._generate_batch([requests[r].prompt_ids for r, _, _ in batch], [s for _, _, s in batch])
             for (r, j, _), completion in zip(batch, done):
                 out[r][j] = completion
+            if self.on_completions is not None:
+                self.on_completions(len(batch))
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Completion]:
