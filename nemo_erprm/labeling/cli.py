@@ -39,13 +39,16 @@ def _parse_threshold(text: str) -> float:
                                          f"--threshold must be a number, got {text!r}") from None
 
 
-def _check_out_file(path: str) -> None:
-    """--out must be able to become a file; checked before anything is read or written."""
+def _check_out_file(path: str, overwrite: bool | None = None) -> None:
+    """--out must be able to become a file; checked before anything is read or written. With
+    ``overwrite`` False an existing file is refused (None: replacing it is the tool's job)."""
     from pathlib import Path
 
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"--out {path}: is a folder; give a file name")
+    if overwrite is False and out.exists():
+        raise ConfigError(f"--out {path}: exists; pass --overwrite to replace it (written whole, then renamed)")
     for parent in out.resolve().parents:
         if parent.exists():
             if not parent.is_dir():
@@ -125,8 +128,9 @@ def cmd_relabel(argv: Sequence[str]) -> int:
     p.add_argument("--eta", type=_parse_eta, action="append", required=True, help="repeatable")
     p.add_argument("--replace", action="store_true", help="drop labels of other etas")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    _check_out_file(args.out)
+    _check_out_file(args.out, args.overwrite)
     records = _read_records(args.input)
     for r in records:
         new = labels_for_etas(r["step_rewards"], args.eta)
@@ -145,8 +149,9 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--eta", type=_parse_eta, default=2.0)
     p.add_argument("--threshold", type=_parse_threshold, default=0.5, help="trl: label = ER label > threshold")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    _check_out_file(args.out)
+    _check_out_file(args.out, args.overwrite)
     records = _read_records(args.input)
     n = write_jsonl_atomic(args.out, export_records(records, args.format, args.eta, args.threshold))
     print(f"exported {n} records as {args.format} (eta={args.eta}) -> {args.out}")
@@ -155,8 +160,8 @@ def cmd_export(argv: Sequence[str]) -> int:
 
 USAGE = """usage: label_rollouts.py [run] --config FILE [--shard I --num-shards N] [key=value ...]
        label_rollouts.py merge --dir OUT_DIR [--out FILE]
-       label_rollouts.py relabel --input records.jsonl --eta ETA [--eta ...] --out FILE
-       label_rollouts.py export --input records.jsonl --format text_value|trl --eta ETA --out FILE
+       label_rollouts.py relabel --input records.jsonl --eta ETA [--eta ...] --out FILE [--overwrite]
+       label_rollouts.py export --input records.jsonl --format text_value|trl --eta ETA --out FILE [--overwrite]
 
 subcommands (each has --help):
   run      label rollouts with ER labels (the default subcommand)

@@ -255,6 +255,12 @@ def test_cli_relabel_and_export(tmp_path, capsys):
     assert ds[1]["completions"] == ["0 times anything is 0.", "The answer is: 0"]
     assert ds[0]["labels"] == [er_label([1, 0, 1, 0], 1) > 0.5, True, True]
     assert ds[0]["soft_labels"][1] == pytest.approx(er_label([1, 1, 1, 0], 1))
+    # an existing --out is replaced only when asked (as export_hf_checkpoint.py does)
+    before = trl.read_text()
+    args = ["export", "--input", str(result.records_path), "--format", "trl", "--eta", "2", "--out", str(trl)]
+    assert cli(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err and trl.read_text() == before
+    assert cli(args + ["--overwrite"]) == 0 and trl.read_text() != before
+    assert cli(["relabel", "--input", str(result.records_path), "--eta", "5", "--out", str(relabeled)]) == 2
 
     bad = tmp_path / "bad_records.jsonl"
     rec = read_jsonl(result.records_path)[0]
@@ -267,27 +273,40 @@ def test_cli_relabel_and_export(tmp_path, capsys):
     assert math.isfinite(result.seconds)
 
 
-def test_progress_moves_within_a_problem():
-    """The bar's completion count and rate update after every generation call (a problem makes
-    one per step prefix), not only when a whole problem is done."""
+@pytest.mark.parametrize("reports", [True, False], ids=["per_batch", "at_the_end"])
+def test_progress_counts_completions_within_a_call(reports):
+    """The bar counts completions: each ``run`` call adds its planned completions to the total,
+    a backend that reports batch by batch moves the bar inside the call, and what a backend
+    does not report is counted when the call returns (a window is one call)."""
     import io
-    import time
 
     from tqdm import tqdm
 
+    from nemo_erprm.labeling.backends.plan import Completion, prompt_requests
     from nemo_erprm.labeling.runner import _CountingBackend
 
+    seen = []
+
     class Fake:
-        def generate(self, prompts, n, seed):
-            return [[f"completion {i}"] * n for i in range(len(prompts))]
+        on_completions = None
+
+        def run(self, requests):
+            out = []
+            for req in requests:  # one "batch" per request
+                out.append([Completion(f"c{j}") for j in range(req.n)])
+                if reports and self.on_completions is not None:
+                    self.on_completions(req.n)
+                seen.append(bar.n)
+            return out
 
         def describe(self):
             return {"name": "fake"}
 
-    bar = tqdm(total=1, file=io.StringIO())
-    backend = _CountingBackend(Fake(), bar, time.time() - 2.0)
-    assert backend.generate(["a", "b"], 4, 0)[1] == ["completion 1"] * 4
-    assert "completions=8" in bar.postfix and "completions_per_s=" in bar.postfix and bar.n == 0
-    backend.generate(["c"], 4, 1)
-    assert "completions=12" in bar.postfix
+    bar = tqdm(total=0, file=io.StringIO())
+    backend = _CountingBackend(Fake(), bar)
+    out = backend.run(prompt_requests([(1, 2), (1, 3)], 4, 0))
+    assert [len(x) for x in out] == [4, 4] and bar.total == 8 and bar.n == 8
+    assert seen == ([4, 8] if reports else [0, 0])
+    backend.run(prompt_requests([(5,)], 3, 8))
+    assert bar.total == 11 and bar.n == 11
     assert backend.describe() == {"name": "fake"}
