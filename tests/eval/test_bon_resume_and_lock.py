@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from nemo_erprm.errors import RunStateError
 from nemo_erprm.eval.cache import ScoreCache, score_key
 from nemo_erprm.eval.cli import build_parser, generate_candidates
 from nemo_erprm.jsonl import read_jsonl
+from tests.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 6
@@ -38,14 +38,6 @@ def generate_cmd(shared_data: Path, policy: Path, out: Path) -> list[str]:
 
 def lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
-
-
-def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from nemo_erprm.data.examples import load_examples
 from nemo_erprm.jsonl import read_jsonl
 from nemo_erprm.labeling.cli import main as cli
 from nemo_erprm.labeling.runner import merge_shards, run_labeling
+from tests.processes import wait_until
 from tests.labeling.test_runner import offline_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,14 +31,6 @@ def label_cmd(shared_data: Path, model: Path, out: Path, *extra: str) -> list[st
     return [sys.executable, "tools/label_rollouts.py", "--config", "conf/demo/label.yaml", "--no-progress",
             f"input.path={shared_data / 'gsm8k' / 'train.jsonl'}", f"input.limit={PROBLEMS}",
             f"backend.model={model}", "sampling.n=2", "sampling.max_new_tokens=24", f"output.dir={out}", *extra]
-
-
-def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the first run ended (exit {proc.returncode}) before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def error_lines(stderr: str) -> list[str]:
