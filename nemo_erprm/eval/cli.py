@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--keep-calculator-annotations", action="store_true",
                      help="keep GSM8K '<<a*b=c>>' annotations in candidates (removed by default, as in training)")
     src.add_argument("--segmentation-rule", default="newline", choices=["newline", "blank_line", "sentence"])
-    p.add_argument("--scorer", required=True, help="'none', a PRM checkpoint (weights/ + context/) or an HF export")
+    p.add_argument("--scorer", required=True, help="'none', a PRM checkpoint (weights/ + context/), an HF export, "
+                   "or vllm:<HF export> (scored on vLLM's step pooler; needs vLLM)")
     p.add_argument("--out", required=True, help="output folder (report.json, report.md, best_of_n.png, "
-                   "candidates_scored.jsonl, scores_cache.jsonl)")
+                   "candidates_scored.jsonl, scores_cache.jsonl; candidates.jsonl with --generate)")
     p.add_argument("--aggregation", default=",".join(DEFAULT_AGGREGATIONS),
                    help=f"comma-separated, from {DEFAULT_AGGREGATIONS}")
     p.add_argument("--n-max", type=int, help="largest N (default: the largest N at least half of the problems have; "

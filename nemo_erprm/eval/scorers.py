@@ -4,6 +4,8 @@
   the converter, written at any TP/PP) loaded into megatron-core modules in this process
   (TP=PP=1; the CPU backend when there is no GPU).
 - :class:`~nemo_erprm.convert.hf_scorer.HFPRMScorer`: the HF export (transformers only).
+- :class:`VLLMScorer` (spec ``vllm:<export>``): the HF export on vLLM's step pooler
+  (:mod:`nemo_erprm.eval.vllm_scorer`), where vLLM is installed.
 - :class:`PrefixScorer`: the baseline of TRL / RLHFlow — one forward per step prefix, the
   score of its last tag — used by ``benchmarks/bon_scoring.py``.
 
@@ -121,6 +123,24 @@ class HFScorer:
         return self.inner.score_batch(items)
 
 
+class VLLMScorer:
+    """Adapter: the HF export on vLLM (``--scorer vllm:<export>``) behind the same interface."""
+
+    def __init__(self, model_dir: str | Path, max_length: int = 4096, dtype: Optional[str] = None):
+        from nemo_erprm.eval.vllm_scorer import VLLMPRMScorer
+
+        self.path = Path(model_dir)
+        self.inner = VLLMPRMScorer(self.path, max_length=max_length, dtype=dtype)
+        self.step_tag, self.head = self.inner.step_tag, self.inner.head
+        self.tokenizer, self.max_length = self.inner.tokenizer, max_length
+        self.step_tokenizer = self.inner.step_tokenizer
+        # not the HF scorer's key: vLLM's kernels agree with transformers to ~1e-6, not bitwise
+        self.fingerprint = directory_fingerprint(self.path, "vllm")
+
+    def score_batch(self, items: Sequence[Item]) -> list[list[float]]:
+        return self.inner.score_batch(items)
+
+
 class PrefixScorer:
     """One forward per step prefix (TRL / RLHFlow style): step k's score is the last tag's
     score of ``question + steps[:k+1]``. Same numbers as the one-forward scorer, k times the work."""
@@ -134,27 +154,49 @@ class PrefixScorer:
                 for question, steps in items]
 
 
+VLLM_PREFIX = "vllm:"
+
+
+def scorer_path(spec: str) -> Path:
+    """The folder a ``--scorer`` spec names (``vllm:<export>`` -> ``<export>``)."""
+    return Path(spec[len(VLLM_PREFIX):] if spec.startswith(VLLM_PREFIX) else spec)
+
+
 def load_scorer(spec: str, max_length: int = 4096, dtype: Optional[str] = None,
                 micro_batch_size: int = 8) -> Optional[StepScorer]:
     """``none`` -> None; an HF export (``prm_config.json`` + ``config.json``) or a PRM
-    checkpoint (``weights/`` + ``context/``) -> its scorer."""
+    checkpoint (``weights/`` + ``context/``) -> its scorer; ``vllm:<HF export>`` -> the export
+    on vLLM's step pooler."""
     if spec == "none":
         return None
-    path = Path(spec)
+    path = scorer_path(spec)
+    if spec.startswith(VLLM_PREFIX):
+        from nemo_erprm.eval.vllm_scorer import read_export_meta
+
+        try:
+            read_export_meta(path)  # named before vLLM starts
+        except ConfigError as e:
+            raise ConfigError(f"--scorer {spec}: {e}") from None
+        _check_safetensors(path)
+        return VLLMScorer(path, max_length, dtype)
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, None: None}[dtype]
     if (path / "config.json").exists() and (path / "prm_config.json").exists():
-        from nemo_erprm.convert.cli import check_safetensors_file
-
-        for f in sorted(path.glob("*.safetensors")):  # an interrupted copy: named, not a loader traceback
-            check_safetensors_file(f)
+        _check_safetensors(path)
         return HFScorer(path, max_length, torch_dtype, micro_batch_size)
     if (path / "weights").is_dir() and (path / "context").is_dir():
         return MegatronPRMScorer(path, max_length, torch_dtype, micro_batch_size)
-    raise ConfigError(f"--scorer {spec}: neither 'none', an HF PRM export (config.json + prm_config.json) nor a "
-                      f"PRM checkpoint (weights/ + context/)")
+    raise ConfigError(f"--scorer {spec}: neither 'none', an HF PRM export (config.json + prm_config.json), "
+                      f"'vllm:' and an HF PRM export, nor a PRM checkpoint (weights/ + context/)")
+
+
+def _check_safetensors(path: Path) -> None:
+    from nemo_erprm.convert.cli import check_safetensors_file
+
+    for f in sorted(path.glob("*.safetensors")):  # an interrupted copy: named, not a loader traceback
+        check_safetensors_file(f)
 
 
 def describe_scorer(spec: str) -> dict:
-    path = Path(spec)
+    path = scorer_path(spec)
     meta = path / "prm_config.json"
     return {"path": str(path), "prm_config": json.loads(meta.read_text()) if meta.exists() else None}

