@@ -85,3 +85,19 @@ def test_greedy_completions_ignore_the_models_generation_config(twin_policies, m
     assert tuned.generate(prompts, 1, seed=3) == expected
     assert tuned.generate(prompts, 1, seed=99) == expected  # greedy: the seed plays no part
     assert processors and all(p == [] for p in processors), processors
+
+
+def test_generation_stops_where_vllm_stops(twin_policies, tmp_path):
+    """vLLM stops at the model's generation_config.json EOS ids as well as at the tokenizer's:
+    the hf backend stops at the same set (a chat model often lists its end-of-turn id there)."""
+    from transformers import GenerationConfig
+
+    plain, _ = twin_policies
+    extra = tmp_path / "two_eos"
+    shutil.copytree(plain, extra)
+    gen = GenerationConfig.from_pretrained(extra)
+    gen.update(eos_token_id=[7, 11])
+    gen.save_pretrained(extra)
+    base_ids = set(backends([plain], SamplingConfig(n=1, temperature=0.0))[0].eos_ids)
+    ids = set(backends([extra], SamplingConfig(n=1, temperature=0.0))[0].eos_ids)
+    assert ids == base_ids | {7, 11} and not {7, 11} <= base_ids

@@ -26,7 +26,8 @@ from nemo_erprm.errors import ConfigError
 from nemo_erprm.labeling.backends import BackendConfig, PromptConfig, SamplingConfig, build_backend
 from nemo_erprm.labeling.backends.hf import HFBackend, SeededSampler
 from nemo_erprm.labeling.backends.plan import Completion, Request
-from nemo_erprm.labeling.backends.vllm_backend import VLLMBackend, check_tensor_parallel, end_token_ids
+from nemo_erprm.labeling.backends.base import end_token_ids
+from nemo_erprm.labeling.backends.vllm_backend import VLLMBackend, check_tensor_parallel
 from nemo_erprm.labeling.config import LabelConfig
 from nemo_erprm.labeling.problems import Problem
 from nemo_erprm.labeling.records import validate_record

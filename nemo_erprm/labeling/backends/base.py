@@ -168,3 +168,20 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
         if 0 <= i < cut:
             cut = i
     return text[:cut]
+
+
+# End-of-turn markers of common chat templates: generation stops at any that is a single token.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>")
+
+
+def end_token_ids(tokenizer: Any, model_eos: Any = None) -> list[int]:
+    """The ids generation ends at, on every backend: the tokenizer's EOS, every end-of-turn
+    marker of :data:`END_OF_TURN` that is one token here, and ``model_eos`` (an id or a list:
+    the model's ``generation_config.eos_token_id``, which vLLM also stops at)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in END_OF_TURN if t in vocab}
+    if model_eos is not None:
+        ids |= {int(i) for i in (model_eos if isinstance(model_eos, (list, tuple)) else [model_eos])}
+    return sorted(ids)
+

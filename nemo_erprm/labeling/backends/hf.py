@@ -18,12 +18,11 @@ from nemo_erprm.labeling.backends.base import (
     GenerationBackend,
     PromptConfig,
     SamplingConfig,
+    end_token_ids,
     truncate_at_stop,
 )
 from nemo_erprm.labeling.backends.plan import Completion, Request
 
-# End-of-turn markers of common chat templates: generation stops at any that is a single token.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>")
 
 
 def _pick_device_dtype(cfg: BackendConfig) -> tuple[Any, Any]:
@@ -69,10 +68,9 @@ class HFBackend(GenerationBackend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        vocab = self.tokenizer.get_vocab()
-        eos |= {vocab[t] for t in _END_OF_TURN if t in vocab}
-        self.eos_ids = sorted(eos)
+        # the model's generation_config.json EOS ids too: vLLM stops at them as well
+        self.eos_ids = end_token_ids(self.tokenizer, getattr(getattr(model, "generation_config", None),
+                                                             "eos_token_id", None))
         self._torch = torch
 
     def run(self, requests: list[Request]) -> list[list[Completion]]:

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 
 from nemo_erprm.errors import ConfigError
 from nemo_erprm.embedded import resolve_model_path
-from nemo_erprm.labeling.backends.base import BackendConfig, GenerationBackend, PromptConfig, SamplingConfig
-from nemo_erprm.labeling.backends.hf import _END_OF_TURN
+from nemo_erprm.labeling.backends.base import (BackendConfig, GenerationBackend, PromptConfig, SamplingConfig,
+                                              end_token_ids)
 from nemo_erprm.labeling.backends.plan import Completion, Request
 
 # vLLM's distributions: the official (CUDA) wheel and the community CPU build
@@ -91,15 +91,6 @@ def check_batch_invariant(cfg: BackendConfig, on_cpu: bool) -> None:
             "backend.batch_invariant=true: vLLM's batch-invariant kernels are Triton GPU kernels, which vLLM's CPU "
             "build cannot run; set backend.batch_invariant=false on CPU (records then depend on batching)"
         )
-
-
-def end_token_ids(tokenizer: Any) -> list[int]:
-    """The ids generation ends at on both backends: the tokenizer's EOS and every end-of-turn
-    marker of common chat templates that is one token here (the `hf` backend's set)."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[t] for t in _END_OF_TURN if t in vocab}
-    return sorted(ids)
 
 
 def sampling_params(request: Request, sampling: SamplingConfig, stop_token_ids: Sequence[int] = ()) -> Any:
