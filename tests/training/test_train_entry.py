@@ -35,7 +35,8 @@ def test_loss_falls_and_run_folder_is_complete(reference):
 @pytest.fixture(scope="module")
 def tp2_run(setup):
     out = setup["work"] / "tp2"
-    run(train_cmd(2) + overrides(setup, out, **{"model.tensor_model_parallel_size": 2}))
+    proc = run(train_cmd(2) + overrides(setup, out, **{"model.tensor_model_parallel_size": 2}))
+    assert proc.stdout.count("training 24 steps") == 1, proc.stdout  # rank 0 alone says it
     return out
 
 
