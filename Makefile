@@ -17,7 +17,7 @@ SERVE_STAMP := $(SERVE_VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: venv serve-venv vllm-venv demo test test-fast bench lock clean slurm-up slurm-down
+.PHONY: venv serve-venv vllm-venv demo test test-fast bench lock clean slurm-up slurm-down offline-kit
 
 venv: $(STAMP)
 
@@ -76,6 +76,21 @@ slurm-down:
 
 bench: $(STAMP)
 	$(PY) benchmarks/grading.py
+
+# The offline install kit for a bare CUDA PyTorch machine without network (the lent GPU): every wheel
+# the training path needs (requirements/offline-kit.txt) beyond what KIT_IMAGE lists as installed
+# there, for its Python and platform; never torch or the CUDA libraries (KIT_TORCH must meet the
+# training path's torch requirement). Downloads from PyPI: not part of `make test`. Install it there
+# with tools/offline_kit/install_kit.py (benchmarks/gpu_run.sh does).
+KIT_DIR ?= build/offline-kit
+KIT_PYTHON_VERSION ?= 3.12
+KIT_PLATFORM ?= manylinux_2_39_x86_64
+KIT_TORCH ?= 2.11.0
+KIT_IMAGE ?= requirements/offline-kit-image.txt
+
+offline-kit: $(STAMP)
+	$(PY) tools/offline_kit/build_kit.py --out $(KIT_DIR) --python-version $(KIT_PYTHON_VERSION) \
+		--platform $(KIT_PLATFORM) --torch $(KIT_TORCH) --image $(KIT_IMAGE)
 
 # Re-resolve the full pin from requirements/cpu.txt in a scratch venv.
 lock:

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --generate: prompt the policy as this labeling config's `prompt` section does "
                           "(default: the labeling default, the policy's chat template when it has one)")
     src.add_argument("--max-new-tokens", type=int, default=320)
+    src.add_argument("--generate-batch", type=int, default=1, metavar="K",
+                     help="with --generate: sample K problems' candidates together (same candidates: seeds are per "
+                          "completion; K > 1 fills a GPU)")
     src.add_argument("--temperature", type=float, default=0.7)
     src.add_argument("--limit", type=int, help="first K problems only")
     src.add_argument("--keep-calculator-annotations", action="store_true",
@@ -99,12 +102,27 @@ def generate_candidates(args: argparse.Namespace, out_dir: Path) -> Path:
               f"sampling the other {len(pending)}", file=sys.stderr)
     if not pending:
         return path
-    backend = build_backend(BackendConfig(name=args.backend, model=args.policy), sampling, prompt)
+    from nemo_erprm.labeling.backends.plan import Request, windows
+
+    backend = build_backend(BackendConfig(name=args.backend, model=args.policy,
+                                          batch_size=max(32, args.generate * args.generate_batch)), sampling, prompt)
+
+    def sample(window: list) -> list[list[str]]:
+        # problem i's completions take seeds --seed + i + j, whatever else is sampled with it
+        if len(window) == 1:
+            i, prob = window[0]
+            return backend.generate([backend.format_prompt(prob.question)], args.generate, seed=args.seed + i)
+        requests = [Request(tuple(backend.encode(backend.format_prompt(prob.question))), args.generate, args.seed + i)
+                    for i, prob in window]
+        return [[c.text for c in completions] for completions in backend.run(requests)]
+
     try:
         with JsonlAppender(path) as out:
-            for k, (i, prob) in enumerate(pending, start=len(problems) - len(pending) + 1):
-                texts = backend.generate([backend.format_prompt(prob.question)], args.generate, seed=args.seed + i)[0]
-                out.append([{"id": prob.id, "question": prob.question, "gold": prob.gold, "candidates": texts}])
+            k = len(problems) - len(pending)
+            for window in windows(pending, args.generate_batch):
+                for (i, prob), texts in zip(window, sample(window)):
+                    out.append([{"id": prob.id, "question": prob.question, "gold": prob.gold, "candidates": texts}])
+                k += len(window)
                 if not args.no_progress:
                     print(f"generated {k}/{len(problems)}", file=sys.stderr)
     finally:
@@ -182,6 +200,7 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--n-max", args.n_max, 1),
                                ("--subsets", args.subsets, 1), ("--bootstrap", args.bootstrap, 0),
                                ("--max-length", args.max_length, 2), ("--generate", args.generate, 1),
+                               ("--generate-batch", args.generate_batch, 1),
                                ("--limit", args.limit, 1)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be at least {least}, got {value}")

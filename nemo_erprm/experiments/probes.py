@@ -161,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     who.add_argument("--policy", type=Path, help="HF policy directory: its own step likelihood as the score")
     c.add_argument("--candidates", required=True, type=Path, help="candidates file (use the validation split)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", type=Path, help="also write the JSON object to this file (written whole or not at all)")
     lk = sub.add_parser("likelihood", help="does the policy's own likelihood check steps?")
     lk.add_argument("--policy", required=True, type=Path, help="HF policy directory")
     lk.add_argument("--candidates", required=True, type=Path, help="candidates file (use the validation split)")
@@ -184,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
+    if getattr(args, "out", None):
+        from nemo_erprm.jsonl import write_jsonl_atomic
+
+        write_jsonl_atomic(args.out, [result])  # one JSON line: json.loads reads the file
     return 0
 
 
