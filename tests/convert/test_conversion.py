@@ -72,18 +72,22 @@ def hf_logits(hf_dir, samples):
         return [model(torch.tensor([s["input_ids"]])).logits[0] for s in samples]
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
 @pytest.mark.parametrize("layout", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_converted_logits_match_hf(converted, tmp_path, name, layout):
-    hf, ckpt = converted[name]
-    samples = samples_for(hf, tmp_path / "s.json")
+def test_converted_logits_match_hf(converted, tmp_path, layout):
+    """Every family at this layout, in one launch."""
     tp, pp = layout
-    torchrun(tp * pp, "--ckpt", ckpt, "--samples", tmp_path / "s.json", "--out", tmp_path / "o.pt",
-             "--tp", tp, "--pp", pp)
-    ours = torch.load(tmp_path / "o.pt")["lm_logits"]
-    diff = max((a - b).abs().max().item() for a, b in zip(ours, hf_logits(hf, samples)))
-    print(name, layout, "max |logit diff|", diff)
-    assert diff < 1e-5
+    args, diffs = [], {}
+    for name, (hf, ckpt) in converted.items():
+        args += ["--ckpt", ckpt, "--samples", tmp_path / f"{name}.json", "--out", tmp_path / f"{name}.pt"]
+    for name, (hf, _) in converted.items():
+        samples_for(hf, tmp_path / f"{name}.json")
+    torchrun(tp * pp, *args, "--tp", tp, "--pp", pp)
+    for name, (hf, _) in converted.items():
+        samples = json.loads((tmp_path / f"{name}.json").read_text())
+        ours = torch.load(tmp_path / f"{name}.pt")["lm_logits"]
+        diffs[name] = max((a - b).abs().max().item() for a, b in zip(ours, hf_logits(hf, samples)))
+    print(layout, "max |logit diff|", diffs)
+    assert all(d < 1e-5 for d in diffs.values()), diffs
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -5,6 +5,7 @@ message starts on a line of its own."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,15 +17,17 @@ REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "label_rollouts.py"
 
 
-def label(args: list[str]) -> subprocess.CompletedProcess:
+def label(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), "--config", "conf/demo/label.yaml", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.slow
 def test_bar_counts_completions_and_truncations_are_printed(shared_data, tiny_lm_dir, tmp_path):
     proc = label([f"input.path={shared_data / 'gsm8k' / 'train.jsonl'}", "input.limit=2", f"backend.model={tiny_lm_dir}",
-                  "sampling.n=2", "sampling.max_new_tokens=4", "backend.batch_size=2", f"output.dir={tmp_path / 'o'}"])
+                  "sampling.n=2", "sampling.max_new_tokens=4", "backend.batch_size=2", f"output.dir={tmp_path / 'o'}"],
+                 # tqdm redraws at most every 0.1 s: a fast machine would skip the batch-by-batch states
+                 env={"TQDM_MININTERVAL": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     completions = int(re.search(r"(\d+) completions in", proc.stdout).group(1))
     states = re.findall(r"(\d+)/(\d+) \[", proc.stderr)  # tqdm's "n/total [elapsed..."

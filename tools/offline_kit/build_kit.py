@@ -27,7 +27,6 @@ Install it on the target with ``python3 tools/offline_kit/install_kit.py --kit K
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kit_format import (CARRY_ALWAYS, KEEP_IMAGE, MANIFEST, SLIM, TOKENIZER, WHEELS, Need, Version, canonical,  # noqa: E402
-                        image_decision, never_carried, parse_image, parse_needs)
+                        image_decision, never_carried, parse_image, parse_needs, sha256)
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -161,14 +160,6 @@ def save_tokenizer(dest: Path) -> None:
     from nemo_erprm.embedded import load_tokenizer
 
     load_tokenizer("smollm2").save_pretrained(dest, legacy_format=False)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from kit_format import KEEP_IMAGE, MANIFEST, canonical, never_carried  # noqa: E402
+from kit_format import KEEP_IMAGE, MANIFEST, canonical, never_carried, sha256  # noqa: E402
 
 # nemo.collections.llm.api on its own: llm/__init__ swallows its ImportError, and llm.train with it
 CHECK_MODULES = ["nemo.collections.llm", "nemo.collections.llm.api", "megatron.core", "nemo_erprm", "nemo_erprm.train",
@@ -52,14 +52,6 @@ STAMP = ".erprm-kit.json"
 
 class KitError(Exception):
     """The kit is incomplete, damaged or not for this interpreter (exit status 2)."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(kit: Path, python: Optional[str] = None) -> dict[str, Any]:

@@ -5,8 +5,10 @@ anything is installed."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional
 
 try:
@@ -43,6 +45,15 @@ SLIM = {
                                 "imports pulp, which nemo.collections.llm.api needs, but nothing here solves"),
 }
 WHEELS, MANIFEST, TOKENIZER = "wheels", "manifest.json", "tokenizer/smollm2"
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (wheels of hundreds of MB)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def canonical(name: str) -> str:
